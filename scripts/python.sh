@@ -1,0 +1,8 @@
+# Sourced by the scripts: PYTHON is the project's interpreter (.venv if present, unless one is active).
+if [ -z "${PYTHON:-}" ]; then
+  if [ -z "${VIRTUAL_ENV:-}" ] && [ -x "$(dirname "${BASH_SOURCE[0]}")/../.venv/bin/python" ]; then
+    PYTHON="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.venv/bin/python"
+  else
+    PYTHON=python
+  fi
+fi

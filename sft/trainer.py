@@ -1,0 +1,99 @@
+"""transformers' Trainer, saving only what a method trains and refusing non-finite losses."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from transformers import Trainer, TrainerCallback
+
+from sft.checkpoint import CheckpointInfo, load_trained, save_trained
+
+logger = logging.getLogger(__name__)
+
+NONFINITE_BATCH = "nonfinite_batch.safetensors"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss; the batch was saved for inspection."""
+
+
+class SFTTrainer(Trainer):
+    """A Trainer whose checkpoints hold the trained part only (plus ``sft_checkpoint.json``)."""
+
+    def __init__(self, *args, checkpoint_info: CheckpointInfo, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.checkpoint_info = checkpoint_info
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        loss = result[0] if return_outputs else result
+        if not torch.isfinite(loss.detach()).all():
+            self._stop_on_nonfinite(loss, inputs)
+        return result
+
+    def _stop_on_nonfinite(self, loss: torch.Tensor, inputs: dict) -> None:
+        out = Path(self.args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+        save_file(tensors, str(out / NONFINITE_BATCH))
+        # The weights are still those of the last good step: keep them.
+        save_trained(self.model, self.checkpoint_info, out / "last-finite")
+        raise NonFiniteLossError(
+            f"step {self.state.global_step}: loss is {loss.item()}; batch saved to {out / NONFINITE_BATCH}, "
+            f"last finite weights to {out / 'last-finite'} (try --dtype float32 or a lower --learning_rate)"
+        )
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        output_dir = output_dir or self.args.output_dir
+        if not self.args.should_save:
+            return
+        save_trained(self.model, self.checkpoint_info, output_dir)
+        # The arguments as JSON, not as the pickle transformers writes.
+        (Path(output_dir) / "training_args.json").write_text(self.args.to_json_string(), encoding="utf-8")
+        logger.info("saved %s checkpoint to %s", self.checkpoint_info.method, output_dir)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        info = CheckpointInfo.load(resume_from_checkpoint)
+        load_trained(model or self.model, info, resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        checkpoint = self.state.best_model_checkpoint
+        logger.info("loading best checkpoint %s (%s)", checkpoint, self.state.best_metric)
+        load_trained(self.model, CheckpointInfo.load(checkpoint), checkpoint)
+
+
+class SaveAtEndCallback(TrainerCallback):
+    """Make the last step a resumable checkpoint even when ``max_steps < save_steps``."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_save = True
+        return control
+
+
+def write_training_report(log_history: list[dict], output_dir: str | Path) -> None:
+    """``train_metrics.json`` (every logged value) and ``loss_curve.png`` into ``output_dir``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    output_dir = Path(output_dir)
+    (output_dir / "train_metrics.json").write_text(json.dumps(log_history, indent=1), encoding="utf-8")
+    train = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
+    dev = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for points, label in ((train, "train loss"), (dev, "dev loss")):
+        if points:
+            ax.plot(*zip(*points), marker="." if label == "dev loss" else None, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(output_dir / "loss_curve.png", dpi=100)
+    plt.close(fig)
