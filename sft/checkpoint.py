@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ptuning.checkpoint import PrefixCheckpointError, load_prefix, save_prefix
@@ -25,9 +24,11 @@ from ptuning.injection import attach_prefix
 from ptuning.layout import kv_layout
 from sft.models import (
     ModelLoadError,
+    base_defaults,
     fingerprint,
     load_base_model,
     load_tokenizer,
+    portable_name,
     resolve_dtype,
     resolve_model_path,
 )
@@ -164,15 +165,29 @@ def is_checkpoint(directory: str | Path) -> bool:
     return (Path(directory) / CHECKPOINT_FILE).is_file()
 
 
-__all__ = [
-    "CHECKPOINT_FILE",
-    "CheckpointError",
-    "CheckpointInfo",
-    "ModelLoadError",
-    "build_ptuning",
-    "is_checkpoint",
-    "load_checkpoint",
-    "load_trained",
-    "save_trained",
-    "torch",
-]
+def load_for_inference(
+    path: str, *, model_name_or_path: str | None = None, dtype: str | None = None, expect: dict | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, CheckpointInfo]:
+    """A fine-tuning checkpoint directory, a plain model directory or ``embedded``, ready to generate.
+
+    For a plain model the returned info has method ``base`` and the mask and template the
+    model was built for (:func:`sft.models.base_defaults`), overridable through ``expect``.
+    """
+    if path != "embedded" and is_checkpoint(path):
+        return load_checkpoint(path, model_name_or_path=model_name_or_path, dtype=dtype, expect=expect)
+    base_path = resolve_model_path(path)
+    defaults = base_defaults(base_path)
+    overrides = {k: v for k, v in (expect or {}).items() if k in ("mask", "template") and v not in (None, "auto")}
+    defaults.update(overrides)
+    resolved = resolve_dtype(dtype or "auto")
+    model = load_base_model(base_path, resolved).eval()
+    attach_prefix(model, None, defaults["mask"])
+    info = CheckpointInfo(
+        method="base",
+        base_model=portable_name(base_path),
+        base_fingerprint=fingerprint(model),
+        template=defaults["template"],
+        mask=defaults["mask"],
+        dtype=str(resolved).removeprefix("torch."),
+    )
+    return model, load_tokenizer(base_path), info
