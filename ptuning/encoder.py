@@ -46,7 +46,9 @@ class PrefixEncoder(nn.Module):
     ``num_layers * 2 * kv_heads * head_dim``; with projection that embedding goes through
     ``Linear(kv_size, prefix_hidden) -> Tanh -> Linear(prefix_hidden, kv_size)``. Parameter
     names (``embedding.weight``, ``trans.0.*``, ``trans.2.*``) are ChatGLM2's, so its P-tuning
-    checkpoints load directly. The encoder always runs in fp32, whatever the base dtype.
+    checkpoints load directly. The encoder is built in fp32 and its output is cast to the
+    attention's dtype at use, so a bf16/fp16 base trains an fp32 prefix (cast the base
+    *before* attaching: ``model.to(dtype)`` afterwards would cast the encoder too).
 
     Output of :meth:`forward`: ``(num_layers, 2, num_kv_heads, P, head_dim)`` — keys at
     index 0 and values at index 1 of dim 1, ready to be put before a layer's keys/values.

@@ -101,7 +101,8 @@ def _bidirectional_length(mask_type: str, labels, past: int, total: int, batch: 
     if past == 0:
         # Prefill in generation: the whole input is the prompt.
         return torch.full((batch,), total, device=device)
-    # A decoding step: its single query sees every earlier token anyway.
+    # A decoding step: its single query sees every earlier token anyway. (Feeding several new
+    # tokens onto an existing cache, e.g. a next chat turn, treats them causally.)
     return torch.zeros(batch, dtype=torch.long, device=device)
 
 
@@ -118,7 +119,10 @@ def _prepare_kwargs(hook: PrefixHook, kwargs: dict) -> dict:
     if padding is None:
         padding = torch.ones(batch, past + length, dtype=torch.long, device=device)
     if padding.dim() != 2:
-        raise ValueError(f"P-tuning expects a 2-D padding mask, found shape {tuple(padding.shape)}")
+        # Static/compileable caches make generate() build 4-D masks itself; the prefix needs the 2-D one.
+        raise ValueError(
+            f"P-tuning expects a 2-D padding mask (use the default dynamic cache), found shape {tuple(padding.shape)}"
+        )
     if kwargs.get("position_ids") is None:
         # Real tokens count from 0 whatever the left padding or the prefix length.
         kwargs["position_ids"] = (padding.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]

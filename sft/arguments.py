@@ -65,7 +65,6 @@ class SFTTrainingArguments(TrainingArguments):
     learning_rate: float = field(default=2e-2, metadata={"help": "Peak learning rate (ChatGLM P-tuning uses 2e-2)."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
     save_steps: float = field(default=500, metadata={"help": "Save a resumable checkpoint every N steps."})
-    report_to: str | list[str] | None = field(default="none", metadata={"help": "Experiment trackers to report to."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep dataset columns (they are all inputs)."})
     eval_base_loss: bool = field(
         default=False, metadata={"help": "Before training, report the base model's dev loss without any prefix."}

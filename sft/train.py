@@ -89,7 +89,8 @@ def evaluate_base_loss(model, training_args, collator, eval_dataset, mask: str) 
     return loss
 
 
-def run(model_args, data_args, ptuning_args, training_args) -> dict:
+def run(model_args, data_args, ptuning_args, training_args) -> tuple[SFTTrainer, dict]:
+    """Train as the arguments say; returns the trainer (its model is the trained model) and the metrics."""
     set_seed(training_args.seed)
     base = resolve_model_path(model_args.model_name_or_path)
     mask, template = resolve_settings(model_args, data_args, base)
@@ -133,7 +134,7 @@ def run(model_args, data_args, ptuning_args, training_args) -> dict:
     trainer.log(results)
     write_training_report(trainer.state.log_history, training_args.output_dir)
     logger.info("saved checkpoint, train_metrics.json and loss_curve.png to %s", training_args.output_dir)
-    return results
+    return trainer, results
 
 
 def main(argv: list[str] | None = None) -> int:
