@@ -66,12 +66,19 @@ class SFTTrainingArguments(TrainingArguments):
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
     save_steps: float = field(default=500, metadata={"help": "Save a resumable checkpoint every N steps."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep dataset columns (they are all inputs)."})
+    eval_samples: int = field(
+        default=0,
+        metadata={"help": "At every evaluation also generate for this many dev rows and log ROUGE/BLEU-4 (0: off)."},
+    )
+    eval_max_new_tokens: int = field(default=128, metadata={"help": "max_new_tokens of that generation."})
     eval_base_loss: bool = field(
         default=False, metadata={"help": "Before training, report the base model's dev loss without any prefix."}
     )
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.eval_samples < 0:
+            raise ValueError(f"--eval_samples: expected 0 (off) or a positive number, found {self.eval_samples}")
         if self.gradient_checkpointing and not self.gradient_checkpointing_kwargs:
             # Non-reentrant checkpointing lets gradients reach the prefix while the base is frozen.
             self.gradient_checkpointing_kwargs = {"use_reentrant": False}

@@ -30,7 +30,8 @@ from sft.models import (
     resolve_dtype,
     resolve_model_path,
 )
-from sft.trainer import NonFiniteLossError, SaveAtEndCallback, SFTTrainer, write_training_report
+from sft.generation import GenerationArguments
+from sft.trainer import GenerationEval, NonFiniteLossError, SaveAtEndCallback, SFTTrainer, write_training_report
 
 logger = logging.getLogger("sft.train")
 
@@ -89,6 +90,17 @@ def evaluate_base_loss(model, training_args, collator, eval_dataset, mask: str) 
     return loss
 
 
+def generation_eval(training_args, data_args, tokenizer, eval_dataset) -> GenerationEval | None:
+    """Scores by generation during training on the first ``--eval_samples`` dev rows, if asked."""
+    if not training_args.eval_samples or eval_dataset is None:
+        return None
+    settings = GenerationArguments(
+        max_new_tokens=training_args.eval_max_new_tokens, batch_size=training_args.per_device_eval_batch_size
+    )
+    examples = eval_dataset.examples[: training_args.eval_samples]
+    return GenerationEval(tokenizer, examples, data_args.max_source_length, settings)
+
+
 def run(model_args, data_args, ptuning_args, training_args) -> tuple[SFTTrainer, dict]:
     """Train as the arguments say; returns the trainer (its model is the trained model) and the metrics."""
     set_seed(training_args.seed)
@@ -118,6 +130,7 @@ def run(model_args, data_args, ptuning_args, training_args) -> tuple[SFTTrainer,
     log_parameters(model)
     info = make_checkpoint_info(model_args, data_args, prefix_config, base, base_fp, mask, template, dtype)
     trainer = SFTTrainer(
+        generation_eval=generation_eval(training_args, data_args, tokenizer, eval_dataset),
         model=model,
         args=training_args,
         train_dataset=train_dataset,

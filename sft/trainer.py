@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from transformers import Trainer, TrainerCallback
+from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback
 
 from sft.checkpoint import CheckpointInfo, load_trained, save_trained
+from sft.data import Example
+from sft.evaluate import evaluate_examples
+from sft.generation import GenerationArguments
+from sft.metrics import METRIC_KEYS
 
 logger = logging.getLogger(__name__)
 
@@ -22,11 +27,26 @@ class NonFiniteLossError(RuntimeError):
 
 
 class SFTTrainer(Trainer):
-    """A Trainer whose checkpoints hold the trained part only (plus ``sft_checkpoint.json``)."""
+    """A Trainer whose checkpoints hold the trained part only (plus ``sft_checkpoint.json``).
 
-    def __init__(self, *args, checkpoint_info: CheckpointInfo, **kwargs):
+    With ``generation_eval`` set, every evaluation also generates answers for those examples
+    and reports ROUGE-1/2/L and BLEU-4 as ``eval_rouge-1`` ... (usable as
+    ``--metric_for_best_model rouge-l``).
+    """
+
+    def __init__(self, *args, checkpoint_info: CheckpointInfo, generation_eval: GenerationEval | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.checkpoint_info = checkpoint_info
+        self.generation_eval = generation_eval
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        metrics = super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        if self.generation_eval is not None and eval_dataset is None:
+            scores = self.generation_eval(self.model)
+            scores = {f"{metric_key_prefix}_{k}": v for k, v in scores.items() if k in METRIC_KEYS}
+            self.log(scores)
+            metrics.update(scores)
+        return metrics
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
@@ -64,6 +84,20 @@ class SFTTrainer(Trainer):
         checkpoint = self.state.best_model_checkpoint
         logger.info("loading best checkpoint %s (%s)", checkpoint, self.state.best_metric)
         load_trained(self.model, CheckpointInfo.load(checkpoint), checkpoint)
+
+
+@dataclass
+class GenerationEval:
+    """Generate for a few dev examples and score them (ROUGE/BLEU-4), as during evaluation proper."""
+
+    tokenizer: PreTrainedTokenizerBase
+    examples: list[Example]
+    max_source_length: int
+    generation: GenerationArguments
+
+    def __call__(self, model) -> dict:
+        _, scores = evaluate_examples(model, self.tokenizer, self.examples, self.max_source_length, self.generation)
+        return scores
 
 
 class SaveAtEndCallback(TrainerCallback):

@@ -1,0 +1,217 @@
+"""From rendered examples to ``input_ids``/``labels``, datasets and padded batches.
+
+Every segment of an :class:`~sft.data.formats.Example` is tokenized on its own with
+``add_special_tokens=False`` (the template owns special tokens) and the pieces are joined, so
+no token can straddle the prompt/answer boundary and labels are set by position: a token is a
+label exactly when its segment is supervised. Token values never decide masking (ChatGLM2's
+script masked every token equal to the pad id, unk included).
+
+Lengths:
+
+* ``max_source_length`` bounds the prompt. A longer prompt loses tokens from the left (system
+  text and oldest turns first) but keeps the template's ``keep`` segments: the special-token
+  prefix and the cue that opens the answer.
+* ``max_target_length`` bounds the answer *with* its eos: the answer is cut to
+  ``max_target_length - 1`` tokens and eos is always appended and supervised.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sft.data.arguments import DataArguments
+from sft.data.formats import Example, load_examples
+from sft.templates import Segment
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+"""Label value that the loss ignores (``torch.nn.CrossEntropyLoss``'s default ``ignore_index``)."""
+
+
+@dataclass
+class _Tokens:
+    """Parallel per-token lists of a prompt: ids, labels, and whether truncation must keep it."""
+
+    ids: list[int] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    keep: list[bool] = field(default_factory=list)
+
+
+def _ids(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def eos_id(tokenizer: Any) -> int:
+    """The tokenizer's eos id; a tokenizer without one cannot mark where answers end."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError("tokenizer: expected an eos token, found none")
+    return int(tokenizer.eos_token_id)
+
+
+def pad_id(tokenizer: Any) -> int:
+    """The tokenizer's pad id, or its eos id when it has no pad token."""
+    return int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else eos_id(tokenizer)
+
+
+def _encode_segments(segments: Sequence[Segment], tokenizer: Any) -> _Tokens:
+    tokens = _Tokens()
+    for segment in segments:
+        ids = _ids(tokenizer, segment.text)
+        tokens.ids += ids
+        tokens.labels += ids if segment.supervised else [IGNORE_INDEX] * len(ids)
+        tokens.keep += [segment.keep] * len(ids)
+    return tokens
+
+
+def _cut_left(tokens: _Tokens, limit: int) -> _Tokens:
+    """Drop the leftmost tokens not marked ``keep`` until at most ``limit`` remain."""
+    excess = len(tokens.ids) - limit
+    if excess <= 0:
+        return tokens
+    droppable = [index for index, keep in enumerate(tokens.keep) if not keep]
+    if len(droppable) < excess:
+        fixed = len(tokens.ids) - len(droppable)
+        raise ValueError(
+            f"--max_source_length: expected at least the template's {fixed} fixed prompt tokens, found {limit}"
+        )
+    dropped = set(droppable[:excess])
+    kept = [index for index in range(len(tokens.ids)) if index not in dropped]
+    return _Tokens([tokens.ids[i] for i in kept], [tokens.labels[i] for i in kept], [tokens.keep[i] for i in kept])
+
+
+def _parts(example: Example, tokenizer: Any) -> tuple[_Tokens, list[int]]:
+    """The prompt's tokens and the answer's ids, before truncation and eos."""
+    return _encode_segments(example.segments[:-1], tokenizer), _ids(tokenizer, example.answer)
+
+
+def _assemble(prompt: _Tokens, answer: list[int], eos: int, max_source_length: int, max_target_length: int) -> dict:
+    prompt = _cut_left(prompt, max_source_length)
+    answer = answer[: max_target_length - 1] + [eos]
+    return {"input_ids": prompt.ids + answer, "labels": prompt.labels + answer}
+
+
+def token_lengths(example: Example, tokenizer: Any) -> tuple[int, int]:
+    """``(prompt tokens, answer tokens)`` before truncation; the answer's count excludes eos."""
+    prompt, answer = _parts(example, tokenizer)
+    return len(prompt.ids), len(answer)
+
+
+def encode_prompt(example: Example, tokenizer: Any, max_source_length: int) -> list[int]:
+    """The prompt ids exactly as training sees them: what generation starts from."""
+    return _cut_left(_encode_segments(example.segments[:-1], tokenizer), max_source_length).ids
+
+
+def encode_example(example: Example, tokenizer: Any, max_source_length: int, max_target_length: int) -> dict:
+    """Encode one example for training.
+
+    Returns:
+        ``{"input_ids": list[int], "labels": list[int]}`` of equal length: prompt then answer
+        then eos; labels are ``IGNORE_INDEX`` over unsupervised prompt tokens and equal to
+        ``input_ids`` elsewhere.
+    """
+    return _assemble(*_parts(example, tokenizer), eos_id(tokenizer), max_source_length, max_target_length)
+
+
+class EncodedDataset(torch.utils.data.Dataset):
+    """Encoded rows for ``transformers.Trainer``.
+
+    Items are ``{"input_ids": list[int], "labels": list[int]}``, so the Trainer's
+    ``train_sampling_strategy="group_by_length"`` can read their lengths. ``examples[i]`` is
+    the row ``i`` came from (prompt and reference answer for evaluation).
+    """
+
+    def __init__(self, examples: list[Example], rows: list[dict]) -> None:
+        assert len(examples) == len(rows)
+        self.examples = examples
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.rows[index]
+
+    @property
+    def lengths(self) -> list[int]:
+        """Tokens per row, for length-grouped sampling."""
+        return [len(row["input_ids"]) for row in self.rows]
+
+
+def build_dataset(path: str | Path, tokenizer: Any, args: DataArguments, split: str = "train") -> EncodedDataset:
+    """Load, render and encode ``path``; logs how many rows the length limits cut.
+
+    Args:
+        split: ``"train"`` or ``"eval"``: which of ``args.max_train_samples`` /
+            ``args.max_eval_samples`` caps the number of rows.
+    """
+    if split not in ("train", "eval"):
+        raise ValueError(f"build_dataset split: expected 'train' or 'eval', found {split!r}")
+    max_samples = args.max_train_samples if split == "train" else args.max_eval_samples
+    examples = load_examples(path, args)[:max_samples]
+    parts = [_parts(example, tokenizer) for example in examples]
+    eos = eos_id(tokenizer)
+    rows = [_assemble(prompt, answer, eos, args.max_source_length, args.max_target_length) for prompt, answer in parts]
+    cut_prompts = sum(len(prompt.ids) > args.max_source_length for prompt, _ in parts)
+    cut_answers = sum(len(answer) + 1 > args.max_target_length for _, answer in parts)
+    if cut_prompts or cut_answers:
+        logger.warning(
+            "%s: --max_source_length %d cuts %d of %d prompts, --max_target_length %d cuts %d answers",
+            path, args.max_source_length, cut_prompts, len(rows), args.max_target_length, cut_answers,
+        )
+    logger.info("%s: encoded %d rows, longest %d tokens", path, len(rows), max(len(r["input_ids"]) for r in rows))
+    return EncodedDataset(examples, rows)
+
+
+@dataclass
+class DataCollator:
+    """Pad a list of encoded rows to the longest of the batch.
+
+    Returns ``input_ids`` ``(B, T)``, ``attention_mask`` ``(B, T)`` (1 on real tokens) and,
+    when the rows have them, ``labels`` ``(B, T)`` padded with ``IGNORE_INDEX``. Rows are padded
+    on the right for training and on the left for generation (new tokens follow the prompt).
+
+    Attributes:
+        pad_token_id: id written into padded positions of ``input_ids``.
+        padding_side: ``"right"`` or ``"left"``.
+        pad_to_multiple_of: round ``T`` up to a multiple of this.
+    """
+
+    pad_token_id: int
+    padding_side: str = "right"
+    pad_to_multiple_of: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.padding_side not in ("right", "left"):
+            raise ValueError(f"padding_side: expected 'right' or 'left', found {self.padding_side!r}")
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer: Any, padding_side: str = "right", pad_to_multiple_of: int | None = None):
+        """A collator padding with the tokenizer's pad id (its eos id when it has no pad token)."""
+        return cls(pad_id(tokenizer), padding_side, pad_to_multiple_of)
+
+    def __call__(self, rows: Sequence[Mapping[str, Sequence[int]]]) -> dict[str, torch.Tensor]:
+        width = max(len(row["input_ids"]) for row in rows)
+        if self.pad_to_multiple_of:
+            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        batch = {
+            "input_ids": self._pad([row["input_ids"] for row in rows], width, self.pad_token_id),
+            "attention_mask": self._pad([[1] * len(row["input_ids"]) for row in rows], width, 0),
+        }
+        if "labels" in rows[0]:
+            batch["labels"] = self._pad([row["labels"] for row in rows], width, IGNORE_INDEX)
+        return batch
+
+    def _pad(self, sequences: list[Sequence[int]], width: int, value: int) -> torch.Tensor:
+        padded = torch.full((len(sequences), width), value, dtype=torch.long)  # (B, T)
+        for index, sequence in enumerate(sequences):
+            if sequence:
+                span = slice(0, len(sequence)) if self.padding_side == "right" else slice(width - len(sequence), width)
+                padded[index, span] = torch.tensor(sequence, dtype=torch.long)
+        return padded
