@@ -56,7 +56,8 @@ def base_defaults(path: Path) -> dict[str, str]:
     defaults_file = path / DEFAULTS_FILE
     if defaults_file.is_file():
         return json.loads(defaults_file.read_text(encoding="utf-8"))
-    model_type = json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type", "")
+    config_file = path / "config.json"
+    model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type", "") if config_file.is_file() else ""
     template = {"glm": "glm4", "glm4": "glm4", "chatglm": "chatglm3"}.get(model_type, "plain")
     return {"mask": "causal", "template": template}
 

@@ -89,7 +89,7 @@ class DataArguments:
         problems = []
         if self.format not in FORMATS:
             problems.append(f"--format: expected one of {', '.join(FORMATS)}, found {self.format!r}")
-        if self.template not in TEMPLATES:
+        if self.template != "auto" and self.template not in TEMPLATES:
             problems.append(f"--template: expected one of {', '.join(TEMPLATES)}, found {self.template!r}")
         if self.train_on not in TRAIN_ON:
             problems.append(f"--train_on: expected one of {', '.join(TRAIN_ON)}, found {self.train_on!r}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sft.data.arguments import DataArguments
@@ -18,6 +19,7 @@ from sft.data.encoding import token_lengths
 from sft.data.formats import Example, read_examples
 from sft.data.reading import DataError
 from sft.embedded import DEFAULT_MODEL_DIR
+from sft.models import base_defaults
 
 USAGE = "usage: python -m sft.data check --train_file FILE [--format FORMAT] [--tokenizer DIR] [...] (--help for all)"
 
@@ -39,6 +41,8 @@ def main(argv: list[str] | None = None) -> None:
         _fail(USAGE)
     try:
         check_args, data_args = _parse(argv[1:])
+        if data_args.template == "auto":
+            data_args.template = base_defaults(Path(check_args.tokenizer))["template"]
         files = [path for path in (data_args.train_file, data_args.validation_file) if path]
         if not files:
             raise ValueError("--train_file: expected a file to check, found none")
