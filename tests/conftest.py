@@ -1,0 +1,126 @@
+"""Tiny random GLM models and P-tuning checkpoints shared by the tests.
+
+The models use the embedded model's tokenizer (8,000 pieces, GLM special tokens) so prompts
+render with the real templates, and a random 2-layer, 32-wide ``GlmForCausalLM`` whose
+vocabulary matches it. Like GLM-4, the generation config declares three eos ids.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, GenerationConfig, GlmConfig, GlmForCausalLM
+
+from ptuning.encoder import PrefixConfig
+from ptuning.layout import kv_layout
+from sft.checkpoint import CheckpointInfo, build_ptuning, save_trained
+from sft.embedded import DEFAULT_MODEL_DIR
+from sft.models import DEFAULTS_FILE, fingerprint, portable_name
+
+TINY_PRE_SEQ_LEN = 4
+TINY_DATA = {
+    "format": "adgen",
+    "prompt_column": "content",
+    "response_column": "summary",
+    "history_column": "history",
+    "max_source_length": 64,
+    "max_target_length": 64,
+    "train_on": "all",
+}
+
+
+def tiny_glm_config(vocab_size: int, tokenizer) -> GlmConfig:
+    return GlmConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        intermediate_size=64,
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+
+
+def build_tiny_model_dir(directory: Path, mask: str = "prefix_lm", seed: int = 0) -> Path:
+    """Save a random tiny GLM, the embedded tokenizer and ``sft_defaults.json`` into ``directory``."""
+    tokenizer = AutoTokenizer.from_pretrained(str(DEFAULT_MODEL_DIR))
+    torch.manual_seed(seed)
+    model = GlmForCausalLM(tiny_glm_config(len(tokenizer), tokenizer))
+    # GLM-4 style: eos, <|user|> and <|observation|> all end a reply.
+    stops = [tokenizer.eos_token_id, *tokenizer.convert_tokens_to_ids(["<|user|>", "<|observation|>"])]
+    model.generation_config = GenerationConfig(eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)
+    model.save_pretrained(str(directory))
+    tokenizer.save_pretrained(str(directory))
+    (directory / DEFAULTS_FILE).write_text(json.dumps({"mask": mask, "template": "chatglm3"}), encoding="utf-8")
+    return directory
+
+
+def build_tiny_ptuning_checkpoint(base_dir: Path, directory: Path, mask: str, seed: int = 1) -> Path:
+    """A P-tuning checkpoint on ``base_dir`` as ``sft.train`` writes it, prefix drawn with std 1 so it matters."""
+    model = GlmForCausalLM.from_pretrained(str(base_dir))
+    base_fp = fingerprint(model)  # before the prefix encoder becomes a submodule
+    config = PrefixConfig(pre_seq_len=TINY_PRE_SEQ_LEN, layout=kv_layout(model.config), mask=mask)
+    encoder = build_ptuning(model, config)
+    torch.manual_seed(seed)
+    torch.nn.init.normal_(encoder.embedding.weight, std=1.0)
+    info = CheckpointInfo(
+        method="ptuning",
+        base_model=portable_name(base_dir),
+        base_fingerprint=base_fp,
+        template="chatglm3",
+        mask=mask,
+        dtype="float32",
+        data=dict(TINY_DATA),
+        ptuning=config.to_dict(),
+    )
+    save_trained(model, info, directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A plain tiny GLM model directory whose defaults are prefix-LM masking and the chatglm3 template."""
+    return build_tiny_model_dir(tmp_path_factory.mktemp("tiny-glm"))
+
+
+@pytest.fixture(scope="session")
+def tiny_ptuning_checkpoint(tiny_model_dir, tmp_path_factory) -> Callable[[str], Path]:
+    """``tiny_ptuning_checkpoint(mask)``: a P-tuning checkpoint directory on ``tiny_model_dir`` (built once per mask)."""
+    built: dict[str, Path] = {}
+
+    def make(mask: str = "prefix_lm") -> Path:
+        if mask not in built:
+            built[mask] = build_tiny_ptuning_checkpoint(tiny_model_dir, tmp_path_factory.mktemp(f"ptuning-{mask}"), mask)
+        return built[mask]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def adgen_rows() -> list[dict]:
+    """Six ADGEN-style rows of mixed prompt lengths."""
+    contents = [
+        "类型#上衣*颜色#红色",
+        "类型#裙*版型#显瘦*风格#文艺*图案#碎花*裙长#连衣裙",
+        "类型#裤*材质#牛仔布",
+        "类型#上衣*材质#棉*颜色#白色*风格#休闲*图案#条纹*衣样式#衬衫*衣领型#翻领*衣袖长#长袖",
+        "类型#鞋",
+        "类型#裙*颜色#黑色*风格#复古",
+    ]
+    return [{"content": content, "summary": f"这是第{i}件好看的衣服。"} for i, content in enumerate(contents)]
+
+
+@pytest.fixture
+def adgen_file(tmp_path, adgen_rows) -> Path:
+    """``adgen_rows`` as a JSON Lines file."""
+    path = tmp_path / "dev.json"
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in adgen_rows), encoding="utf-8")
+    return path
