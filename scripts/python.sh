@@ -6,3 +6,6 @@ if [ -z "${PYTHON:-}" ]; then
     PYTHON=python
   fi
 fi
+# On a few shared cores, OpenMP threads that spin while waiting slow every other process
+# (and the test suite's subprocesses) down by up to 10x; passive waiting costs little alone.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
