@@ -1,0 +1,130 @@
+"""sft.generation: batched left-padded generation equals one row at a time, for every method and mask.
+
+The reference is the same model run on each prompt alone (no padding at all), so a padding,
+position or mask mistake in the batched path shows up as different tokens.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sft.checkpoint import load_for_inference
+from sft.data import DataArguments, encode_prompt, load_examples
+from sft.generation import (
+    GenerationArguments,
+    eos_token_ids,
+    generate_all,
+    generate_batch,
+    generate_token_ids,
+    length_sorted_batches,
+)
+
+NEW_TOKENS = 10
+
+
+@pytest.fixture
+def prompt_ids(adgen_file, tiny_model_dir) -> list[list[int]]:
+    """The six ADGEN prompts rendered with chatglm3 and encoded as for training (5 to 50 tokens)."""
+    _, tokenizer, _ = load_for_inference(str(tiny_model_dir))
+    examples = load_examples(adgen_file, DataArguments(template="chatglm3"))
+    return [encode_prompt(example, tokenizer, 64) for example in examples]
+
+
+def load(kind: str, mask: str, tiny_model_dir, tiny_ptuning_checkpoint):
+    if kind == "base":
+        return load_for_inference(str(tiny_model_dir), expect={"mask": mask})
+    return load_for_inference(str(tiny_ptuning_checkpoint(mask)))
+
+
+@pytest.mark.parametrize("mask", ["causal", "prefix_lm"])
+@pytest.mark.parametrize("kind", ["base", "ptuning"])
+def test_batch_of_mixed_lengths_equals_one_at_a_time(kind, mask, prompt_ids, tiny_model_dir, tiny_ptuning_checkpoint):
+    model, tokenizer, info = load(kind, mask, tiny_model_dir, tiny_ptuning_checkpoint)
+    assert (info.method, info.mask) == ({"base": "base"}.get(kind, "ptuning"), mask)
+    args = GenerationArguments(max_new_tokens=NEW_TOKENS, batch_size=4)
+    rows = list({len(ids): ids for ids in prompt_ids}.values())[:4]
+    assert len(rows) == 4, "the test needs four prompts of different lengths"
+    batched = generate_token_ids(model, tokenizer, rows, args)
+    alone = [generate_token_ids(model, tokenizer, [ids], args)[0] for ids in rows]
+    assert batched == alone
+    assert all(len(ids) == NEW_TOKENS for ids in batched), "random tiny models should not hit eos this soon"
+
+
+@pytest.mark.parametrize("mask", ["causal", "prefix_lm"])
+def test_prefix_changes_what_is_generated(mask, prompt_ids, tiny_model_dir, tiny_ptuning_checkpoint):
+    """The hooks are active inside generate(): the checkpoint's prefix changes the tokens."""
+    args = GenerationArguments(max_new_tokens=NEW_TOKENS)
+    base = generate_token_ids(*load("base", mask, tiny_model_dir, tiny_ptuning_checkpoint)[:2], prompt_ids, args)
+    tuned = generate_token_ids(*load("ptuning", mask, tiny_model_dir, tiny_ptuning_checkpoint)[:2], prompt_ids, args)
+    assert base != tuned
+
+
+def test_generate_all_returns_input_order_and_skips(prompt_ids, tiny_model_dir):
+    model, tokenizer, _ = load_for_inference(str(tiny_model_dir))
+    args = GenerationArguments(max_new_tokens=6, batch_size=4)
+    alone = [generate_batch(model, tokenizer, [ids], args)[0] for ids in prompt_ids]
+    seen: list[tuple[int, str]] = []
+    texts = generate_all(model, tokenizer, prompt_ids, args, on_result=lambda i, t: seen.append((i, t)), skip={0, 3})
+    assert texts == [None if i in (0, 3) else text for i, text in enumerate(alone)]
+    assert sorted(seen) == [(i, alone[i]) for i in (1, 2, 4, 5)]
+    assert [i for i, _ in seen] != [1, 2, 4, 5], "rows should come back in length order, not input order"
+
+
+def test_length_sorted_batches():
+    prompts = [[1] * n for n in (3, 7, 5, 7, 1)]
+    assert length_sorted_batches(prompts, 2) == [[1, 3], [2, 0], [4]]
+    assert length_sorted_batches(prompts, 2, skip={3}) == [[1, 2], [0, 4]]
+
+
+def test_eos_token_ids_union(tiny_model_dir):
+    model, tokenizer, _ = load_for_inference(str(tiny_model_dir))
+    user, observation = tokenizer.convert_tokens_to_ids(["<|user|>", "<|observation|>"])
+    assert eos_token_ids(model, tokenizer) == [tokenizer.eos_token_id, user, observation]
+    model.generation_config.eos_token_id = 7
+    assert eos_token_ids(model, tokenizer) == [7, tokenizer.eos_token_id]
+    model.generation_config.eos_token_id = None
+    assert eos_token_ids(model, tokenizer) == [tokenizer.eos_token_id]
+
+
+def test_stops_on_each_declared_eos(prompt_ids, tiny_model_dir):
+    """Declare a token the model is about to produce as the third eos id: generation stops before it."""
+    model, tokenizer, _ = load_for_inference(str(tiny_model_dir))
+    args = GenerationArguments(max_new_tokens=NEW_TOKENS)
+    free = generate_token_ids(model, tokenizer, prompt_ids[:2], args)
+    stop = next(k for k in range(2, NEW_TOKENS) if free[0][k] not in free[0][:k] + free[1][:k])
+    user = tokenizer.convert_tokens_to_ids("<|user|>")
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, user, free[0][stop]]
+    stopped = generate_token_ids(model, tokenizer, prompt_ids[:2], args)
+    assert stopped[0] == free[0][:stop]
+    assert free[0][stop] not in stopped[1] and stopped[1] == free[1][: len(stopped[1])]
+    text = generate_batch(model, tokenizer, prompt_ids[:1], args)[0]
+    assert text == tokenizer.decode(free[0][:stop], skip_special_tokens=True).strip()
+
+
+def test_max_new_tokens_does_not_count_the_prompt(prompt_ids, tiny_model_dir):
+    model, tokenizer, _ = load_for_inference(str(tiny_model_dir))
+    longest = max(prompt_ids, key=len)
+    assert len(longest) > 3
+    assert len(generate_token_ids(model, tokenizer, [longest], GenerationArguments(max_new_tokens=3))[0]) == 3
+
+
+def test_sampling_repeats_with_a_seed_and_keeps_the_callers_rng(prompt_ids, tiny_model_dir):
+    model, tokenizer, _ = load_for_inference(str(tiny_model_dir))
+    sample = GenerationArguments(max_new_tokens=NEW_TOKENS, do_sample=True, seed=3)
+    torch.manual_seed(0)
+    first = generate_token_ids(model, tokenizer, prompt_ids[:3], sample)
+    after_generation = torch.rand(3)
+    torch.manual_seed(0)
+    assert torch.equal(torch.rand(3), after_generation), "generation must not move the caller's RNG"
+    assert generate_token_ids(model, tokenizer, prompt_ids[:3], sample) == first
+    other_seed = GenerationArguments(max_new_tokens=NEW_TOKENS, do_sample=True, seed=4)
+    assert generate_token_ids(model, tokenizer, prompt_ids[:3], other_seed) != first
+    assert first != generate_token_ids(model, tokenizer, prompt_ids[:3], GenerationArguments(max_new_tokens=NEW_TOKENS))
+
+
+def test_generation_arguments_name_the_bad_flag():
+    with pytest.raises(ValueError, match="--max_new_tokens: expected at least 1, found 0"):
+        GenerationArguments(max_new_tokens=0)
+    with pytest.raises(ValueError, match="--top_p"):
+        GenerationArguments(top_p=0.0)
