@@ -1,26 +1,37 @@
 #!/usr/bin/env bash
-# P-Tuning v2 (and, with METHOD, other methods) through `python -m sft.train`.
+# Fine-tune through `python -m sft.train`: P-Tuning v2, LoRA or full, chosen by METHOD.
 # With no arguments: P-tunes the embedded default model on data/'s ADGEN sample into
-# output/adgen-ptuning. Environment variables (names as in ChatGLM's ptuning/train.sh):
-#   MODEL, TRAIN_FILE, VALIDATION_FILE, OUTPUT_DIR, PRE_SEQ_LEN, LR, MAX_STEPS,
-#   BATCH_SIZE, GRAD_ACC, MAX_SOURCE_LENGTH, MAX_TARGET_LENGTH, NUM_GPUS (>1 uses torchrun).
-# Any further flags are passed to sft.train (python -m sft.train --help lists them).
+# output/adgen-ptuning; METHOD=lora or METHOD=full trains that method into output/adgen-$METHOD.
+# Environment variables (names as in ChatGLM's ptuning/train.sh):
+#   METHOD (ptuning|lora|full), MODEL, TRAIN_FILE, VALIDATION_FILE, OUTPUT_DIR,
+#   LR (default: the method's, see --learning_rate in python -m sft.train --help),
+#   PRE_SEQ_LEN (ptuning), LORA_RANK, LORA_ALPHA, LORA_TARGET (lora; default: sft.train's),
+#   MAX_STEPS, BATCH_SIZE, GRAD_ACC, MAX_SOURCE_LENGTH, MAX_TARGET_LENGTH, NUM_GPUS (>1 uses torchrun).
+# Any further flags are passed to sft.train (python -m sft.train --help lists them), e.g.
+# --gradient_checkpointing, or --deepspeed configs/deepspeed/zero3.json with NUM_GPUS>1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/python.sh
 
+METHOD=${METHOD:-ptuning}
 MODEL=${MODEL:-embedded}
 TRAIN_FILE=${TRAIN_FILE:-data/adgen/train.json}
 VALIDATION_FILE=${VALIDATION_FILE:-data/adgen/dev.json}
 PRE_SEQ_LEN=${PRE_SEQ_LEN:-32}
-LR=${LR:-2e-2}
 MAX_STEPS=${MAX_STEPS:-300}
 BATCH_SIZE=${BATCH_SIZE:-16}
 GRAD_ACC=${GRAD_ACC:-1}
 MAX_SOURCE_LENGTH=${MAX_SOURCE_LENGTH:-64}
 MAX_TARGET_LENGTH=${MAX_TARGET_LENGTH:-128}
 NUM_GPUS=${NUM_GPUS:-1}
-OUTPUT_DIR=${OUTPUT_DIR:-output/adgen-ptuning}
+OUTPUT_DIR=${OUTPUT_DIR:-output/adgen-$METHOD}
+
+# Only what was set: sft.train's defaults follow the method (the learning rate above all).
+optional=()
+if [ -n "${LR:-}" ]; then optional+=(--learning_rate "$LR"); fi
+if [ -n "${LORA_RANK:-}" ]; then optional+=(--lora_rank "$LORA_RANK"); fi
+if [ -n "${LORA_ALPHA:-}" ]; then optional+=(--lora_alpha "$LORA_ALPHA"); fi
+if [ -n "${LORA_TARGET:-}" ]; then optional+=(--lora_target "$LORA_TARGET"); fi
 
 if [ "$NUM_GPUS" -gt 1 ]; then
   launch=("$PYTHON" -m torch.distributed.run --standalone --nnodes=1 --nproc-per-node="$NUM_GPUS" -m sft.train)
@@ -29,6 +40,7 @@ else
 fi
 
 exec "${launch[@]}" \
+  --finetuning_type "$METHOD" \
   --model_name_or_path "$MODEL" \
   --train_file "$TRAIN_FILE" \
   --validation_file "$VALIDATION_FILE" \
@@ -41,11 +53,11 @@ exec "${launch[@]}" \
   --per_device_eval_batch_size "$BATCH_SIZE" \
   --gradient_accumulation_steps "$GRAD_ACC" \
   --max_steps "$MAX_STEPS" \
-  --learning_rate "$LR" \
   --pre_seq_len "$PRE_SEQ_LEN" \
   --logging_steps 10 \
   --eval_strategy steps \
   --eval_steps 100 \
   --save_steps 1000 \
   --eval_base_loss \
+  "${optional[@]}" \
   "$@"

@@ -1,9 +1,11 @@
-"""transformers' Trainer, saving only what a method trains and refusing non-finite losses."""
+"""transformers' Trainer, saving what a method trains (as its checkpoint describes) and refusing non-finite losses."""
 
 from __future__ import annotations
 
 import json
 import logging
+import resource
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback
 
-from sft.checkpoint import CheckpointInfo, load_trained, save_trained
+from sft.checkpoint import CheckpointError, CheckpointInfo, load_trained, save_trained
 from sft.data import Example
 from sft.evaluate import evaluate_examples
 from sft.generation import GenerationArguments
@@ -27,16 +29,27 @@ class NonFiniteLossError(RuntimeError):
 
 
 class SFTTrainer(Trainer):
-    """A Trainer whose checkpoints hold the trained part only (plus ``sft_checkpoint.json``).
+    """A Trainer whose checkpoints are :func:`sft.checkpoint.save_trained`'s: the prefix, the peft adapter or
+    the whole model, as the run's method says, plus ``sft_checkpoint.json``.
 
     With ``generation_eval`` set, every evaluation also generates answers for those examples
     and reports ROUGE-1/2/L and BLEU-4 as ``eval_rouge-1`` ... (usable as
     ``--metric_for_best_model rouge-l``).
     """
 
-    def __init__(self, *args, checkpoint_info: CheckpointInfo, generation_eval: GenerationEval | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        checkpoint_info: CheckpointInfo,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        generation_eval: GenerationEval | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.checkpoint_info = checkpoint_info
+        # Saved into full checkpoints. Not the Trainer's processing_class: that would rewrite the model
+        # config's special token ids to the tokenizer's before training.
+        self.checkpoint_tokenizer = tokenizer
         self.generation_eval = generation_eval
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
@@ -61,7 +74,7 @@ class SFTTrainer(Trainer):
         tensors = {k: v.detach().cpu().contiguous() for k, v in inputs.items() if isinstance(v, torch.Tensor)}
         save_file(tensors, str(out / NONFINITE_BATCH))
         # The weights are still those of the last good step: keep them.
-        save_trained(self.model, self.checkpoint_info, out / "last-finite")
+        save_trained(self.model, self.checkpoint_info, out / "last-finite", tokenizer=self.checkpoint_tokenizer)
         raise NonFiniteLossError(
             f"step {self.state.global_step}: loss is {loss.item()}; batch saved to {out / NONFINITE_BATCH}, "
             f"last finite weights to {out / 'last-finite'} (try --dtype float32 or a lower --learning_rate)"
@@ -71,19 +84,49 @@ class SFTTrainer(Trainer):
         output_dir = output_dir or self.args.output_dir
         if not self.args.should_save:
             return
-        save_trained(self.model, self.checkpoint_info, output_dir)
+        save_trained(
+            self.model, self.checkpoint_info, output_dir, tokenizer=self.checkpoint_tokenizer, state_dict=state_dict
+        )
         # The arguments as JSON, not as the pickle transformers writes.
         (Path(output_dir) / "training_args.json").write_text(self.args.to_json_string(), encoding="utf-8")
         logger.info("saved %s checkpoint to %s", self.checkpoint_info.method, output_dir)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        info = CheckpointInfo.load(resume_from_checkpoint)
-        load_trained(model or self.model, info, resume_from_checkpoint)
+        if self._method_of(resume_from_checkpoint) == "ptuning":
+            load_trained(model or self.model, self.checkpoint_info, resume_from_checkpoint)
+        else:  # peft adapters and model directories: transformers' own loading (shards, FSDP, DeepSpeed included)
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     def _load_best_model(self) -> None:
         checkpoint = self.state.best_model_checkpoint
         logger.info("loading best checkpoint %s (%s)", checkpoint, self.state.best_metric)
-        load_trained(self.model, CheckpointInfo.load(checkpoint), checkpoint)
+        if self._method_of(checkpoint) == "ptuning":
+            load_trained(self.model, self.checkpoint_info, checkpoint)
+        else:
+            super()._load_best_model()
+
+    def _method_of(self, checkpoint: str) -> str:
+        """The method a checkpoint to load was trained with; it must be this run's."""
+        method = CheckpointInfo.load(checkpoint).method
+        if method != self.checkpoint_info.method:
+            raise CheckpointError(f"{checkpoint}: checkpoint has method {method}, this run trains "
+                                  f"{self.checkpoint_info.method} (--finetuning_type)")
+        return method
+
+    def resource_metrics(self, train_runtime: float) -> dict[str, float]:
+        """Training tokens per second of this session (prompt + answer, no padding) and peak memory in MB.
+
+        Peak memory is the GPU's peak allocation when training on CUDA, else the process's peak RSS.
+        """
+        # What transformers itself subtracts in its periodic logs: tokens seen before a resumed session.
+        seen = self.state.num_input_tokens_seen - getattr(self, "_initial_num_input_tokens_seen", 0)
+        metrics = {"train_tokens_per_second": round(seen / train_runtime, 2) if train_runtime else 0.0}
+        if torch.cuda.is_available() and self.args.device.type == "cuda":
+            metrics["train_peak_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        else:
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KB on Linux, bytes on macOS
+            metrics["train_peak_memory_mb"] = round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)
+        return metrics
 
 
 @dataclass

@@ -1,0 +1,102 @@
+"""Merge a LoRA checkpoint into a standalone model: ``python -m sft.export --checkpoint DIR [--output_dir OUT]``.
+
+The steps: read the checkpoint's ``sft_checkpoint.json``, load base model + adapter (the base
+fingerprint verified as for inference), fold each ``B @ A * alpha / rank`` into its weight
+(peft's ``merge_and_unload``) and save a plain transformers model directory: safetensors,
+config, generation config, tokenizer and ``sft_defaults.json`` with the checkpoint's mask and
+template. ``sft.infer``/``sft.evaluate`` (``--checkpoint OUT`` or ``--model_name_or_path OUT``)
+and ``sft.train --model_name_or_path OUT --template auto --mask auto`` then use what the
+adapter was trained with; anything else that reads transformers models reads it too (with
+``--mask prefix_lm`` checkpoints it should also mask the prompt bidirectionally, as trained).
+
+A ``full`` checkpoint already is such a directory. A ``ptuning`` prefix enters attention as
+extra keys and values, not as a change of weights, so it cannot be merged (exit 2).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import transformers
+from transformers import HfArgumentParser
+
+from sft.checkpoint import CheckpointError, CheckpointInfo, load_checkpoint, save_model_dir
+from sft.models import ModelLoadError
+
+logger = logging.getLogger("sft.export")
+
+
+class ExportError(ValueError):
+    """A checkpoint that cannot be merged, or an output directory that would be overwritten."""
+
+
+# Mistakes in what the user gave us: one line, no traceback.
+USER_ERRORS = (CheckpointError, ModelLoadError, ExportError)
+
+
+@dataclass
+class ExportArguments:
+    checkpoint: str = field(
+        default="output/adgen-lora",
+        metadata={"help": "A LoRA checkpoint directory (what METHOD=lora bash scripts/train.sh writes)."},
+    )
+    output_dir: str | None = field(
+        default=None,
+        metadata={"help": "Where the merged model goes (default: <checkpoint>-merged); must be new or empty."},
+    )
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Read the checkpoint's base model from here instead (the fingerprint must match)."},
+    )
+    dtype: str | None = field(
+        default=None,
+        metadata={"help": "dtype of the merged weights: float32|bfloat16|float16 (default: the checkpoint's)."},
+    )
+
+
+def output_directory(args: ExportArguments) -> Path:
+    out = Path(args.output_dir or f"{args.checkpoint.rstrip('/')}-merged")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ExportError(f"--output_dir: expected a new or empty directory, found existing files in {out}")
+    return out
+
+
+def export(args: ExportArguments) -> Path | None:
+    """Merge ``args.checkpoint`` into ``args.output_dir``; ``None`` for a full checkpoint (nothing to do)."""
+    info = CheckpointInfo.load(args.checkpoint)
+    if info.method == "full":
+        logger.info("%s is a full fine-tuning checkpoint: already a standalone model directory", args.checkpoint)
+        return None
+    if info.method != "lora":
+        raise ExportError(
+            f"{args.checkpoint}: expected a lora checkpoint, found method {info.method} "
+            "(a P-tuning prefix is extra attention keys/values, not a weight change: it cannot be merged)"
+        )
+    out = output_directory(args)
+    model, tokenizer, info = load_checkpoint(
+        args.checkpoint, model_name_or_path=args.model_name_or_path, dtype=args.dtype
+    )
+    merged = model.merge_and_unload(safe_merge=True)  # refuses NaN/inf weights
+    save_model_dir(merged, tokenizer, info.mask, info.template, out)
+    logger.info("merged %s into %s (template %s, mask %s)", args.checkpoint, out, info.template, info.mask)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, stream=sys.stderr)
+    transformers.utils.logging.set_verbosity_warning()
+    try:
+        (args,) = HfArgumentParser(ExportArguments).parse_args_into_dataclasses(args=argv)
+        out = export(args)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(out if out is not None else f"{args.checkpoint} is already a standalone model directory")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
