@@ -43,12 +43,12 @@ from transformers import (
 
 from ptuning.masks import build_attention_mask
 from sft import corpus
+from sft.data import IGNORE_INDEX
 from sft.embedded import DEFAULT_MODEL_DIR
 
 logger = logging.getLogger(__name__)
 
 OBJECTIVES = ("causal", "prefix_lm", "mix")
-IGNORE_INDEX = -100
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 HELDOUT_FILE = "heldout.txt"
 HELDOUT_PPL_FILE = "heldout_ppl.json"
