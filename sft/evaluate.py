@@ -27,10 +27,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import transformers
 from transformers import HfArgumentParser, PreTrainedModel, PreTrainedTokenizerBase
 
 from sft.checkpoint import CheckpointError
+from sft.cli import run_command
 from sft.data import DataArguments, DataError, Example, encode_prompt, load_examples
 from sft.data.reading import read_rows
 from sft.generation import GenerationArguments, LoadArguments, checkpoint_data_arguments, generate_all, load_model
@@ -260,20 +260,7 @@ def run(load_args: LoadArguments, args: EvaluateArguments, gen_args: GenerationA
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, stream=sys.stderr)
-    transformers.utils.logging.set_verbosity_warning()
-    try:
-        load_args, args, gen_args = parse_args(argv)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    try:
-        metrics = run(load_args, args, gen_args)
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(format_table(metrics))
-    return 0
+    return run_command(lambda: parse_args(argv), lambda *args: print(format_table(run(*args))), USER_ERRORS)
 
 
 if __name__ == "__main__":

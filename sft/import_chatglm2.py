@@ -22,6 +22,7 @@ from ptuning.checkpoint import PrefixCheckpointError, check_state_dict, read_cha
 from ptuning.encoder import PrefixConfig
 from ptuning.layout import kv_layout
 from sft.checkpoint import CheckpointInfo, build_ptuning, save_trained
+from sft.cli import run_command
 from sft.models import (
     ModelLoadError,
     fingerprint,
@@ -89,14 +90,10 @@ def run(args: ImportArguments) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    try:
-        (args,) = HfArgumentParser(ImportArguments).parse_args_into_dataclasses(args=argv)
-        run(args)
-    except (ValueError, ModelLoadError, PrefixCheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    def parse() -> tuple[ImportArguments]:
+        return HfArgumentParser(ImportArguments).parse_args_into_dataclasses(args=argv)
+
+    return run_command(parse, run, (ModelLoadError, PrefixCheckpointError))
 
 
 if __name__ == "__main__":

@@ -29,10 +29,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import transformers
 from transformers import HfArgumentParser, PreTrainedModel, PreTrainedTokenizerBase, TextStreamer
 
 from sft.checkpoint import CheckpointError
+from sft.cli import run_command
 from sft.data import DataArguments, DataError, Example, encode_prompt
 from sft.data.reading import describe, read_rows
 from sft.generation import (
@@ -137,19 +137,7 @@ def run(load_args: LoadArguments, args: InferArguments, gen_args: GenerationArgu
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, stream=sys.stderr)
-    transformers.utils.logging.set_verbosity_warning()
-    try:
-        load_args, args, gen_args = parse_args(argv)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    try:
-        run(load_args, args, gen_args)
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(lambda: parse_args(argv), run, USER_ERRORS)
 
 
 if __name__ == "__main__":
