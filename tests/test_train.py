@@ -81,7 +81,7 @@ def test_outputs_describe_the_run(trained):
     assert (out / "loss_curve.png").stat().st_size > 1000
     assert sorted(train_losses(out)) == [1, 2, 3, 4, 5, 6]
     assert {"base_dev_loss", "eval_loss"} <= results.keys()
-    # A final, resumable checkpoint although max_steps (6) is no multiple of... it is: also check step 6.
+    # The last step is a resumable checkpoint.
     assert (out / "checkpoint-6" / "optimizer.pt").is_file()
 
 
