@@ -15,31 +15,63 @@ in the KV cache:
 A forward pre-hook on the model builds, for every call, the additive 4-D mask (causal or
 prefix-LM, prefix columns included), the position ids from the padding mask, and the
 prefix. Everything else (the loss, ``generate()``) stays transformers' own.
+
+transformers renames what it passes to ``forward`` (5.24 passes the cache as ``cache=``, no
+longer ``past_key_values=``), so nothing here depends on such names: the cache is found by
+its type, and two checks turn a silent failure into a loud one. Every layer's attention
+checks that its keys span exactly the tokens the hook counted (a cache the hook did not see
+would make the prefix-LM bound and the positions wrong), and the first forward after
+attaching checks that the attention of every layer received the prefix (one that did not
+would get no gradient, or be dropped by ``generate()``).
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
+from importlib.metadata import version
 
 import torch
 from torch import nn
 from transformers import AttentionInterface
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers.cache_utils import Cache
+from transformers.masking_utils import AttentionMaskInterface
 
 from .encoder import PrefixEncoder
+from .layout import kv_layout
 from .masks import build_attention_mask, prompt_length_from_labels
 
-PREFIX_KWARG = "ptuning_prefix"
+INJECTION_KWARG = "ptuning_injection"
 _WRAPPED = "ptuning_"
+
+
+class InjectionError(RuntimeError):
+    """The installed transformers does not run the model the way prefix injection relies on."""
+
+
+@dataclass
+class LayerInputs:
+    """What one forward hands each layer's attention, through transformers' attention kwargs."""
+
+    prefix: torch.Tensor | None  # (L, 2, kv_heads, P, head_dim), or None for a mask-only hook
+    key_length: int  # cached + new tokens: what every layer's keys must span
+    reached: set[int] = field(default_factory=set)  # layer indices whose attention ran through the wrapper
 
 
 def _backend_attention(module: nn.Module, backend: str):
     if backend == "eager":
         # transformers keeps each family's eager attention in its modeling module.
-        return sys.modules[type(module).__module__].eager_attention_forward
-    return AttentionInterface._global_mapping[backend]
+        eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+        if eager is None:
+            raise InjectionError(_unsupported(type(module).__name__, "has no eager_attention_forward"))
+        return eager
+    return AttentionInterface()[backend]
+
+
+def _unsupported(model_class: str, what: str) -> str:
+    return (f"P-tuning cannot run {model_class} with transformers {version('transformers')}: {what} "
+            "(see README, Versions, for the tested range)")
 
 
 def _prefixed_attention(module, query, key, value, attention_mask, *, backend: str, **kwargs):
@@ -48,9 +80,19 @@ def _prefixed_attention(module, query, key, value, attention_mask, *, backend: s
     ``query`` is ``(B, heads, T, head_dim)``; ``key``/``value`` ``(B, kv_heads, K, head_dim)``;
     the prefix for all layers is ``(L, 2, kv_heads, P, head_dim)``.
     """
-    prefix = kwargs.pop(PREFIX_KWARG, None)
-    if prefix is not None:
-        layer_prefix = prefix[module.layer_idx].to(key.dtype)  # (2, kv_heads, P, head_dim)
+    inputs: LayerInputs | None = kwargs.pop(INJECTION_KWARG, None)
+    model_class = type(module).__name__
+    if inputs is None:
+        raise InjectionError(_unsupported(model_class, f"layer {module.layer_idx}'s attention ran without the prefix hook's inputs"))
+    if key.shape[2] != inputs.key_length:
+        raise InjectionError(_unsupported(
+            model_class,
+            f"layer {module.layer_idx} attends over {key.shape[2]} keys where the prefix hook counted "
+            f"{inputs.key_length} tokens (a KV cache passed under a name or type the hook does not know)",
+        ))
+    inputs.reached.add(module.layer_idx)
+    if inputs.prefix is not None:
+        layer_prefix = inputs.prefix[module.layer_idx].to(key.dtype)  # (2, kv_heads, P, head_dim)
         batch = key.shape[0]
         prefix_key = layer_prefix[0].unsqueeze(0).expand(batch, -1, -1, -1)
         prefix_value = layer_prefix[1].unsqueeze(0).expand(batch, -1, -1, -1)
@@ -59,15 +101,18 @@ def _prefixed_attention(module, query, key, value, attention_mask, *, backend: s
     return _backend_attention(module, backend)(module, query, key, value, attention_mask, **kwargs)
 
 
-def _use_prefixed_attention(model: nn.Module) -> None:
-    backend = model.config._attn_implementation or "sdpa"
+def _wrap_attention(model: nn.Module) -> str:
+    """Route ``model``'s attention through :func:`_prefixed_attention`; returns the backend it had."""
+    backend = model.config._attn_implementation or "sdpa"  # read once; the hook keeps it
     if backend.startswith(_WRAPPED):
-        return
+        raise ValueError(f"{type(model).__name__} already has a prefix hook: remove() it before attaching another")
     name = _WRAPPED + backend
     AttentionInterface.register(name, partial(_prefixed_attention, backend=backend))
-    if backend in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
-        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS._global_mapping[backend])
+    masks = AttentionMaskInterface()
+    if backend in masks:
+        AttentionMaskInterface.register(name, masks[backend])
     model.set_attn_implementation(name)
+    return backend
 
 
 @dataclass
@@ -77,19 +122,51 @@ class PrefixHook:
     model: nn.Module
     encoder: PrefixEncoder | None
     mask_type: str
-    handle: torch.utils.hooks.RemovableHandle
+    backend: str
+    num_layers: int
+    handles: list[torch.utils.hooks.RemovableHandle] = field(default_factory=list)
+    verified: bool = False  # a forward has shown that every layer receives the injection
+    current: LayerInputs | None = None
 
     @property
     def num_virtual_tokens(self) -> int:
         return self.encoder.config.pre_seq_len if self.encoder is not None else 0
 
     def remove(self) -> None:
-        self.handle.remove()
+        for handle in self.handles:
+            handle.remove()
         if self.encoder is not None:
             del self.model.prefix_encoder
-        backend = self.model.config._attn_implementation
-        if backend.startswith(_WRAPPED):
-            self.model.set_attn_implementation(backend[len(_WRAPPED) :])
+        self.model.set_attn_implementation(self.backend)
+
+    def check_reached(self, cause: Exception | None = None) -> None:
+        """After a forward: every layer's attention must have run with the injection."""
+        reached = self.current.reached if self.current is not None else set()
+        missing = sorted(set(range(self.num_layers)) - reached)
+        if missing or cause is not None:
+            what = "the prefix" if self.encoder is not None else "the attention mask"
+            raise InjectionError(_unsupported(
+                type(self.model).__name__,
+                f"the attention of layer(s) {', '.join(map(str, missing)) or 'none'} of {self.num_layers} "
+                f"did not receive {what}" + (f" ({cause})" if cause is not None else ""),
+            )) from cause
+        self.verified = True
+
+    def probe(self) -> None:
+        """One 2-token forward that must reach the wrapped attention of every layer (skipped while the
+        weights are not materialized, e.g. partitioned by DeepSpeed ZeRO-3: the first real forward checks)."""
+        if any(p.numel() == 0 or p.is_meta for p in self.model.parameters()):
+            return
+        training = self.model.training
+        self.model.eval()  # no dropout: the probe draws no random numbers
+        try:
+            with torch.no_grad():
+                self.model(input_ids=torch.zeros(1, 2, dtype=torch.long, device=self.model.device))
+        except Exception as err:  # any failure inside the model: say which layers the injection reached
+            self.check_reached(cause=err)
+        finally:
+            self.model.train(training)
+            self.current = None
 
 
 def _bidirectional_length(mask_type: str, labels, past: int, total: int, batch: int, device) -> torch.Tensor | None:
@@ -106,6 +183,14 @@ def _bidirectional_length(mask_type: str, labels, past: int, total: int, batch: 
     return torch.zeros(batch, dtype=torch.long, device=device)
 
 
+def find_cache(kwargs: dict) -> Cache | None:
+    """The KV cache among a forward's keyword arguments, whatever transformers names it."""
+    caches = [value for value in kwargs.values() if isinstance(value, Cache)]
+    if len(caches) > 1:
+        raise InjectionError(f"expected at most one KV cache among forward's arguments, found {len(caches)}")
+    return caches[0] if caches else None
+
+
 def _prepare_kwargs(hook: PrefixHook, kwargs: dict) -> dict:
     """Replace the 2-D padding mask by the full 4-D mask; add positions and the prefix."""
     tokens = kwargs.get("input_ids")
@@ -113,7 +198,7 @@ def _prepare_kwargs(hook: PrefixHook, kwargs: dict) -> dict:
         tokens = kwargs["inputs_embeds"][..., 0]
     batch, length = tokens.shape[:2]
     device = tokens.device
-    cache = kwargs.get("past_key_values")
+    cache = find_cache(kwargs)
     past = cache.get_seq_length() if cache is not None else 0
     padding = kwargs.get("attention_mask")
     if padding is None:
@@ -135,8 +220,8 @@ def _prepare_kwargs(hook: PrefixHook, kwargs: dict) -> dict:
         num_virtual_tokens=hook.num_virtual_tokens,
         dtype=hook.model.dtype,
     )
-    if hook.encoder is not None:
-        kwargs[PREFIX_KWARG] = hook.encoder()
+    prefix = hook.encoder() if hook.encoder is not None else None
+    hook.current = kwargs[INJECTION_KWARG] = LayerInputs(prefix=prefix, key_length=past + length)
     return kwargs
 
 
@@ -147,16 +232,33 @@ def attach_prefix(model: nn.Module, encoder: PrefixEncoder | None, mask_type: st
     whose attention goes through transformers' attention interface. ``encoder`` may be
     ``None`` to apply only the mask (a base model run with prefix-LM masking). The encoder
     becomes the submodule ``model.prefix_encoder``; the caller decides what is trainable.
+    Raises :class:`InjectionError` at once (or at the first forward, while the weights are not
+    materialized) if the attention of some layer does not run with the injection.
     """
+    backend = _wrap_attention(model)
     if encoder is not None:
         model.prefix_encoder = encoder
-    _use_prefixed_attention(model)
-    hook = PrefixHook(model=model, encoder=encoder, mask_type=mask_type, handle=None)  # type: ignore[arg-type]
+    layers = encoder.config.layout.num_layers if encoder is not None else kv_layout(model.config).num_layers
+    hook = PrefixHook(model=model, encoder=encoder, mask_type=mask_type, backend=backend, num_layers=layers)
 
     def pre_hook(module, args, kwargs):
         if args:
             raise TypeError("call the model with keyword arguments (input_ids=..., attention_mask=...)")
         return args, _prepare_kwargs(hook, kwargs)
 
-    hook.handle = model.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    def post_hook(module, args, kwargs, output):
+        if not hook.verified:
+            hook.check_reached()
+        hook.current = None  # the prefix tensor and its graph are not kept between forwards
+        return output
+
+    hook.handles = [
+        model.register_forward_pre_hook(pre_hook, with_kwargs=True),
+        model.register_forward_hook(post_hook, with_kwargs=True),
+    ]
+    try:
+        hook.probe()
+    except InjectionError:
+        hook.remove()  # leave the model as it was
+        raise
     return hook

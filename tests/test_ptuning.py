@@ -14,10 +14,12 @@ import math
 import pytest
 import torch
 from peft import PrefixTuningConfig, get_peft_model
-from transformers import GlmConfig, GlmForCausalLM
+import transformers
+from transformers import DynamicCache, GlmConfig, GlmForCausalLM
 
+from ptuning import injection
 from ptuning.encoder import PrefixConfig, PrefixEncoder
-from ptuning.injection import attach_prefix
+from ptuning.injection import INJECTION_KWARG, InjectionError, attach_prefix, find_cache
 from ptuning.layout import kv_layout
 
 P = 3  # virtual tokens
@@ -502,3 +504,57 @@ def test_remove_restores_the_base_model(with_encoder):
     assert torch.equal(after, before)
     assert model.config._attn_implementation == "eager"
     assert not hasattr(model, "prefix_encoder")
+
+
+# --- 7. Independent of how transformers names what it passes -------------------------------------
+
+
+def _decode_step_logits(model, prompt: torch.Tensor, keyword: str) -> torch.Tensor:
+    """Prefill ``prompt[:, :-1]`` into a cache passed as ``keyword``, then feed the last token alone."""
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(input_ids=prompt[:, :-1], use_cache=True, **{keyword: cache})
+        return model(input_ids=prompt[:, -1:], attention_mask=torch.ones_like(prompt), **{keyword: cache}).logits
+
+
+@pytest.mark.parametrize("keyword", ["past_key_values", "cache"], ids=["until-5.23", "from-5.24"])
+def test_cache_is_found_under_the_old_and_the_new_keyword(keyword):
+    model = tiny_model()
+    attach_prefix(model, tiny_encoder(model), "causal")
+    prompt = torch.randint(2, 64, (1, 6), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        recomputed = model(input_ids=prompt).logits[:, -1]
+    assert (_decode_step_logits(model, prompt, keyword)[:, -1] - recomputed).abs().max().item() <= TOL
+
+
+def test_cache_is_found_by_type_whatever_its_name():
+    cache = DynamicCache()
+    assert find_cache({"use_cache": True, "some_future_name": cache, "input_ids": torch.ones(1, 2)}) is cache
+    assert find_cache({"use_cache": True}) is None
+
+
+def test_a_cache_the_hook_does_not_see_fails_loudly(monkeypatch):
+    model = tiny_model()
+    attach_prefix(model, tiny_encoder(model), "causal")
+    prompt = torch.randint(2, 64, (1, 6), generator=torch.Generator().manual_seed(5))
+    monkeypatch.setattr(injection, "find_cache", lambda kwargs: None)  # a name/type from a future release
+    with pytest.raises(InjectionError, match=r"GlmAttention with transformers .*layer 0 attends over 6 keys"):
+        _decode_step_logits(model, prompt, "cache")
+
+
+@pytest.mark.parametrize("with_encoder", [True, False], ids=["prefix", "mask_only"])
+def test_a_layer_whose_attention_misses_the_injection_fails_loudly(with_encoder):
+    model = tiny_model()
+    attention = model.model.layers[1].self_attn
+    forward = attention.forward
+
+    def dropping(*args, **kwargs):  # what a release that stops forwarding attention kwargs would do
+        kwargs.pop(INJECTION_KWARG, None)
+        return forward(*args, **kwargs)
+
+    attention.forward = dropping
+    version = transformers.__version__
+    with pytest.raises(InjectionError, match=rf"GlmForCausalLM with transformers {version}: .*layer\(s\) 1 of 2"):
+        attach_prefix(model, tiny_encoder(model) if with_encoder else None, "causal")
+    attention.forward = forward
+    attach_prefix(model, tiny_encoder(model) if with_encoder else None, "causal")  # a sound model passes
