@@ -4,7 +4,7 @@
 # Needs the corpus packages: pip install -e .[pretrain]. About 30 minutes on 2 CPU cores.
 # Environment variables: OUTPUT_DIR (default: the shipped location), SEED, MAX_STEPS,
 # TIME_BUDGET_MINUTES (a safety cap; the card says whether it cut training short).
-# Any further flags are passed to sft.pretrain (python -m sft.pretrain --help lists them).
+# Any further flags are passed to tools.pretrain (python -m tools.pretrain --help lists them).
 # The main workflow never runs this: scripts/demo.sh uses the model as shipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +19,6 @@ SEED=${SEED:-1234}
 MAX_STEPS=${MAX_STEPS:-2000}
 TIME_BUDGET_MINUTES=${TIME_BUDGET_MINUTES:-27}
 
-"$PYTHON" -m sft.build_tokenizer --output_dir "$OUTPUT_DIR" --seed "$SEED"
-"$PYTHON" -m sft.pretrain --output_dir "$OUTPUT_DIR" --tokenizer_dir "$OUTPUT_DIR" --seed "$SEED" \
+"$PYTHON" -m tools.build_tokenizer --output_dir "$OUTPUT_DIR" --seed "$SEED"
+"$PYTHON" -m tools.pretrain --output_dir "$OUTPUT_DIR" --tokenizer_dir "$OUTPUT_DIR" --seed "$SEED" \
   --max_steps "$MAX_STEPS" --time_budget_minutes "$TIME_BUDGET_MINUTES" "$@"

@@ -20,21 +20,16 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import transformers
-from transformers import HfArgumentParser
-
-from sft.checkpoint import CheckpointError, CheckpointInfo, load_checkpoint, save_model_dir
-from sft.models import ModelLoadError
+from sft.checkpoint import CheckpointInfo
+from sft.cli import run_command
+from sft.errors import UserError
+from sft.models import check_dtype
 
 logger = logging.getLogger("sft.export")
 
 
-class ExportError(ValueError):
+class ExportError(UserError):
     """A checkpoint that cannot be merged, or an output directory that would be overwritten."""
-
-
-# Mistakes in what the user gave us: one line, no traceback.
-USER_ERRORS = (CheckpointError, ModelLoadError, ExportError)
 
 
 @dataclass
@@ -56,6 +51,9 @@ class ExportArguments:
         metadata={"help": "dtype of the merged weights: float32|bfloat16|float16 (default: the checkpoint's)."},
     )
 
+    def __post_init__(self) -> None:
+        check_dtype(self.dtype)
+
 
 def output_directory(args: ExportArguments) -> Path:
     out = Path(args.output_dir or f"{args.checkpoint.rstrip('/')}-merged")
@@ -75,6 +73,9 @@ def export(args: ExportArguments) -> Path | None:
             f"{args.checkpoint}: expected a lora checkpoint, found method {info.method} "
             "(a P-tuning prefix is extra attention keys/values, not a weight change: it cannot be merged)"
         )
+    from sft.checkpoint import load_checkpoint
+    from sft.models import save_model_dir
+
     out = output_directory(args)
     model, tokenizer, info = load_checkpoint(
         args.checkpoint, model_name_or_path=args.model_name_or_path, dtype=args.dtype
@@ -85,17 +86,15 @@ def export(args: ExportArguments) -> Path | None:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, stream=sys.stderr)
-    transformers.utils.logging.set_verbosity_warning()
-    try:
-        (args,) = HfArgumentParser(ExportArguments).parse_args_into_dataclasses(args=argv)
-        out = export(args)
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+def run(args: ExportArguments) -> None:
+    out = export(args)
     print(out if out is not None else f"{args.checkpoint} is already a standalone model directory")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from transformers import HfArgumentParser
+
+    return run_command(lambda: HfArgumentParser(ExportArguments).parse_args_into_dataclasses(args=argv)[0], run)
 
 
 if __name__ == "__main__":

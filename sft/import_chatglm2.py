@@ -16,21 +16,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import HfArgumentParser
-
-from ptuning.checkpoint import PrefixCheckpointError, check_state_dict, read_chatglm2_prefix
-from ptuning.encoder import PrefixConfig
-from ptuning.layout import kv_layout
-from sft.checkpoint import CheckpointInfo, build_ptuning, save_trained
 from sft.cli import run_command
-from sft.models import (
-    ModelLoadError,
-    fingerprint,
-    load_base_model,
-    portable_name,
-    resolve_dtype,
-    resolve_model_path,
-)
+from sft.data.templates import get_template
+from sft.models import check_mask
 
 logger = logging.getLogger("sft.import_chatglm2")
 
@@ -47,10 +35,17 @@ class ImportArguments:
         for flag in ("source", "model_name_or_path", "output_dir"):
             if not getattr(self, flag):
                 raise ValueError(f"--{flag}: expected a path, found none")
+        if self.mask == "auto":
+            raise ValueError("--mask: expected causal or prefix_lm (what the prefix was trained with), found 'auto'")
+        check_mask(self.mask)
+        get_template(self.template)
 
 
-def prefix_config_for(state: dict, model, mask: str) -> PrefixConfig:
+def prefix_config_for(state: dict, model, mask: str):
     """``pre_seq_len`` and projection from the tensors; sizes from the base model."""
+    from ptuning.encoder import PrefixConfig
+    from ptuning.layout import kv_layout
+
     embedding = state["embedding.weight"]  # (pre_seq_len, kv_size)
     projection = "trans.0.weight" in state
     hidden = state["trans.0.weight"].shape[0] if projection else None
@@ -64,36 +59,40 @@ def prefix_config_for(state: dict, model, mask: str) -> PrefixConfig:
 
 
 def run(args: ImportArguments) -> Path:
-    state = read_chatglm2_prefix(args.source)
+    from ptuning.checkpoint import PrefixCheckpointError, check_state_dict, read_chatglm2_prefix
+    from sft.checkpoint import CheckpointInfo, save_checkpoint
+    from sft.errors import CheckpointError
+    from sft.methods.ptuning import attach_encoder
+    from sft.models import fingerprint, load_base_model, resolve_dtype, resolve_model_path
+
+    try:
+        state = read_chatglm2_prefix(args.source)
+    except PrefixCheckpointError as err:
+        raise CheckpointError(str(err)) from None
     if "embedding.weight" not in state:
-        raise PrefixCheckpointError(f"{args.source}: expected transformer.prefix_encoder.embedding.weight, found none")
+        raise CheckpointError(f"{args.source}: expected transformer.prefix_encoder.embedding.weight, found none")
     base = resolve_model_path(args.model_name_or_path)
     model = load_base_model(base, resolve_dtype("float32"))
     base_fp = fingerprint(model)
     config = prefix_config_for(state, model, args.mask)
-    encoder = build_ptuning(model, config)
-    check_state_dict(encoder, state, args.source)
+    encoder = attach_encoder(model, config)
+    try:
+        check_state_dict(encoder, state, args.source)
+    except PrefixCheckpointError as err:
+        raise CheckpointError(str(err)) from None
     encoder.load_state_dict({k: v.float() for k, v in state.items()})
-    info = CheckpointInfo(
-        method="ptuning",
-        base_model=portable_name(base),
-        base_fingerprint=base_fp,
-        template=args.template,
-        mask=args.mask,
-        dtype="float32",
-        data={"max_source_length": 64, "max_target_length": 128, "imported_from": str(Path(args.source).resolve())},
-        ptuning=config.to_dict(),
-    )
-    save_trained(model, info, args.output_dir)
+    data = {"max_source_length": 64, "max_target_length": 128, "imported_from": str(Path(args.source).resolve())}
+    info = CheckpointInfo.describe("ptuning", config.to_dict(), base=base, base_fingerprint=base_fp, mask=args.mask,
+                                   template=args.template, dtype="float32", data=data)
+    save_checkpoint(model, info, args.output_dir)
     logger.info("imported %s (pre_seq_len %d) into %s", args.source, config.pre_seq_len, args.output_dir)
     return Path(args.output_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
-    def parse() -> tuple[ImportArguments]:
-        return HfArgumentParser(ImportArguments).parse_args_into_dataclasses(args=argv)
+    from transformers import HfArgumentParser
 
-    return run_command(parse, run, (ModelLoadError, PrefixCheckpointError))
+    return run_command(lambda: HfArgumentParser(ImportArguments).parse_args_into_dataclasses(args=argv)[0], run)
 
 
 if __name__ == "__main__":

@@ -1,170 +1,68 @@
-"""ROUGE-1/2/L and BLEU-4 scored exactly as THUDM's ChatGLM ``ptuning/main.py`` scores them.
+"""Score a predictions file as ChatGLM's ptuning scripts do: ``python -m sft.metrics --predictions FILE``.
 
-Per row, as in ChatGLM-6B / ChatGLM2-6B ``compute_metrics``:
-
-* ROUGE: ``rouge_chinese.Rouge().get_scores`` on the jieba words joined by spaces; the
-  F value x100, rounded to 4 places. (rouge-chinese sets n-grams apart, i.e. counts each
-  distinct n-gram once, and its ROUGE-L is one LCS over all words; punctuation is an
-  ordinary word to it.)
-* BLEU-4: nltk ``sentence_bleu`` on characters with ``SmoothingFunction().method3``, x100,
-  rounded to 4 places.
-
-The corpus score is the mean of each per-row list. One deliberate difference: ChatGLM
-crashes on an empty prediction (rouge-chinese raises "Hypothesis is empty."); here an empty
-or whitespace-only prediction scores 0 on every metric and is counted in ``empty``. A
-blank reference likewise scores 0 ROUGE instead of raising "Reference is empty.".
-
-CLI: ``python -m sft.metrics --predictions FILE [--output FILE]`` where FILE is JSON Lines
-with string fields ``prediction`` and ``reference``; prints one JSON object to stdout.
+FILE is JSON Lines (or a JSON array) with string fields ``prediction`` and ``reference``, as
+``sft.evaluate`` writes ``generated_predictions.jsonl``. Prints one JSON object (ROUGE-1/2/L,
+BLEU-4, ``n``, ``empty``: :func:`sft.eval.scores.score_corpus`) and writes it to ``--output``.
 """
 
 from __future__ import annotations
 
-import argparse
-import functools
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import jieba
-import numpy as np
-from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
-from rouge_chinese import Rouge
-from tqdm import tqdm
+from sft.cli import run_command
+from sft.data.reading import DataError, describe, read_rows
 
-logger = logging.getLogger(__name__)
-
-ROUGE_KEYS = ("rouge-1", "rouge-2", "rouge-l")
-METRIC_KEYS = (*ROUGE_KEYS, "bleu-4")
-PROGRESS_MIN_ROWS = 200  # show a progress bar only above this many rows
-_ROUGE = Rouge()
-_BLEU_SMOOTHING = SmoothingFunction().method3
+logger = logging.getLogger("sft.metrics")
 
 
-@functools.cache
-def _init_jieba() -> None:
-    """Silence jieba's start-up chatter, then load its dictionary (once, on first use)."""
-    jieba.setLogLevel(logging.WARNING)
-    jieba.initialize()
-
-
-def _is_blank(text: str) -> bool:
-    # jieba keeps every character, so a text is blank exactly when its space-joined words are,
-    # which is when rouge-chinese finds no sentence in it (it rstrips, then drops empty ones).
-    return not text.strip()
-
-
-def score_pair(prediction: str, reference: str) -> dict[str, float]:
-    """Score one prediction against its reference, as ChatGLM's ``compute_metrics`` does per row.
-
-    Returns ``{"rouge-1", "rouge-2", "rouge-l", "bleu-4"}``, each x100 and rounded to 4 places.
-    An empty or whitespace-only prediction scores 0 on every metric; a blank reference scores
-    0 ROUGE (BLEU is still nltk's).
-    """
-    if _is_blank(prediction):
-        return dict.fromkeys(METRIC_KEYS, 0.0)
-    scores = dict.fromkeys(ROUGE_KEYS, 0.0)
-    if not _is_blank(reference):
-        _init_jieba()
-        rouge = _ROUGE.get_scores(" ".join(jieba.cut(prediction)), " ".join(jieba.cut(reference)))[0]
-        scores = {key: round(rouge[key]["f"] * 100, 4) for key in ROUGE_KEYS}
-    bleu = sentence_bleu([list(reference)], list(prediction), smoothing_function=_BLEU_SMOOTHING)
-    scores["bleu-4"] = round(bleu * 100, 4)
-    return scores
-
-
-def score_corpus(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float | int]:
-    """Mean of each :func:`score_pair` metric over the rows, plus ``n`` rows and ``empty`` rows.
-
-    ``empty`` counts empty or whitespace-only predictions (they score 0 and stay in the means).
-    Shows a progress bar on stderr above ``PROGRESS_MIN_ROWS`` rows.
-    """
-    if len(predictions) != len(references):
-        raise ValueError(
-            f"score_corpus: expected as many references as predictions ({len(predictions)}), "
-            f"found {len(references)}"
-        )
-    if not predictions:
-        raise ValueError("score_corpus: expected at least one prediction, found none")
-    per_metric: dict[str, list[float]] = {key: [] for key in METRIC_KEYS}
-    rows = tqdm(
-        zip(predictions, references),
-        total=len(predictions),
-        desc="scoring",
-        disable=len(predictions) <= PROGRESS_MIN_ROWS,
+@dataclass
+class MetricsArguments:
+    predictions: str = field(
+        metadata={"help": 'JSON Lines file with string fields "prediction" and "reference".'}
     )
-    for prediction, reference in rows:
-        for key, value in score_pair(prediction, reference).items():
-            per_metric[key].append(value)
-    result: dict[str, float | int] = {key: float(np.mean(values)) for key, values in per_metric.items()}
-    result["n"] = len(predictions)
-    result["empty"] = sum(_is_blank(prediction) for prediction in predictions)
-    return result
+    output: str | None = field(default=None, metadata={"help": "Also write the JSON metrics here."})
 
 
-def _read_row(path: Path, lineno: int, raw: bytes) -> tuple[str, str]:
-    """Parse one JSON Lines row into ``(prediction, reference)``; ValueError names ``path:lineno``."""
-    where = f"{path}:{lineno}"
-    try:
-        row = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{where}: expected UTF-8 text, found byte {raw[err.start]:#04x}") from None
-    except json.JSONDecodeError as err:
-        found = f"invalid JSON ({err.msg} at column {err.colno})"
-        raise ValueError(f"{where}: expected a JSON object, found {found}") from None
-    if not isinstance(row, dict):
-        raise ValueError(f"{where}: expected a JSON object, found {type(row).__name__}")
-    for field in ("prediction", "reference"):
-        if field not in row:
-            found = ", ".join(row) or "none"
-            raise ValueError(f'{where}: expected field "{field}", found fields: {found}')
-        if not isinstance(row[field], str):
-            raise ValueError(f'{where}: expected "{field}" to be a string, found {type(row[field]).__name__}')
-    return row["prediction"], row["reference"]
-
-
-def read_predictions(path: Path) -> tuple[list[str], list[str]]:
-    """Read ``(predictions, references)`` from a JSON Lines file; blank lines are skipped.
-
-    Raises:
-        ValueError: ``FILE:LINE: expected ..., found ...`` for any unreadable or malformed input.
-    """
-    try:
-        with path.open("rb") as f:
-            lines = f.read().splitlines()
-    except OSError as err:
-        raise ValueError(f"{path}: expected a readable JSON Lines file, found {err.strerror}") from None
-    pairs = [_read_row(path, lineno, raw) for lineno, raw in enumerate(lines, 1) if raw.strip()]
+def read_predictions(path: str) -> tuple[list[str], list[str]]:
+    """``(predictions, references)`` of every row; a row without both strings is a :class:`DataError`."""
+    pairs = []
+    for row in read_rows(path):
+        if row.error is not None:
+            raise row.error
+        if not isinstance(row.value, dict):
+            raise DataError(path, row.line, "a JSON object", describe(row.value))
+        for name in ("prediction", "reference"):
+            if not isinstance(row.value.get(name), str):
+                found = describe(row.value[name]) if name in row.value else "fields " + (", ".join(row.value) or "none")
+                raise DataError(path, row.line, f'a string under "{name}"', found)
+        pairs.append((row.value["prediction"], row.value["reference"]))
     if not pairs:
-        raise ValueError(f"{path}: expected at least one row, found none")
+        raise DataError(path, None, "at least one row", "none")
     predictions, references = zip(*pairs)
     return list(predictions), list(references)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Score a predictions file and print the metrics as one JSON object."""
-    parser = argparse.ArgumentParser(prog="python -m sft.metrics", description=__doc__.splitlines()[0])
-    parser.add_argument("--predictions", type=Path, required=True,
-                        help='JSON Lines file with string fields "prediction" and "reference"')
-    parser.add_argument("--output", type=Path, default=None, help="also write the JSON metrics here")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+def run(args: MetricsArguments) -> None:
+    from sft.eval.scores import score_corpus  # jieba, nltk: loaded for work only
 
-    try:
-        predictions, references = read_predictions(args.predictions)
-    except ValueError as err:
-        print(err, file=sys.stderr)
-        return 2
+    predictions, references = read_predictions(args.predictions)
     logger.info("scoring %d rows from %s", len(predictions), args.predictions)
     text = json.dumps(score_corpus(predictions, references), ensure_ascii=False)
     print(text)
     if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text + "\n", encoding="utf-8")
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(text + "\n", encoding="utf-8")
         logger.info("saved metrics to %s", args.output)
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from transformers import HfArgumentParser
+
+    return run_command(lambda: HfArgumentParser(MetricsArguments).parse_args_into_dataclasses(args=argv)[0], run)
 
 
 if __name__ == "__main__":

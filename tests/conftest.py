@@ -17,9 +17,12 @@ from transformers import AutoTokenizer, GenerationConfig, GlmConfig, GlmForCausa
 
 from ptuning.encoder import PrefixConfig
 from ptuning.layout import kv_layout
-from sft.checkpoint import CheckpointInfo, build_ptuning, save_trained
+from sft.checkpoint import CheckpointInfo, save_checkpoint
 from sft.embedded import DEFAULT_MODEL_DIR
-from sft.models import DEFAULTS_FILE, fingerprint, portable_name
+from sft.methods.ptuning import attach_encoder
+from sft.models import DEFAULTS_FILE, fingerprint
+
+REPO = Path(__file__).resolve().parents[1]
 
 TINY_PRE_SEQ_LEN = 4
 TINY_DATA = {
@@ -68,20 +71,12 @@ def build_tiny_ptuning_checkpoint(base_dir: Path, directory: Path, mask: str, se
     model = GlmForCausalLM.from_pretrained(str(base_dir))
     base_fp = fingerprint(model)  # before the prefix encoder becomes a submodule
     config = PrefixConfig(pre_seq_len=TINY_PRE_SEQ_LEN, layout=kv_layout(model.config), mask=mask)
-    encoder = build_ptuning(model, config)
+    encoder = attach_encoder(model, config)
     torch.manual_seed(seed)
     torch.nn.init.normal_(encoder.embedding.weight, std=1.0)
-    info = CheckpointInfo(
-        method="ptuning",
-        base_model=portable_name(base_dir),
-        base_fingerprint=base_fp,
-        template="chatglm3",
-        mask=mask,
-        dtype="float32",
-        data=dict(TINY_DATA),
-        ptuning=config.to_dict(),
-    )
-    save_trained(model, info, directory)
+    info = CheckpointInfo.describe("ptuning", config.to_dict(), base=base_dir, base_fingerprint=base_fp,
+                                   template="chatglm3", mask=mask, dtype="float32", data=TINY_DATA)
+    save_checkpoint(model, info, directory)
     return directory
 
 

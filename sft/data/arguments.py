@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass, field
 
 from sft.data.formats import FORMATS
-from sft.templates import TEMPLATES
+from sft.data.templates import TEMPLATES, get_template
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +89,11 @@ class DataArguments:
         problems = []
         if self.format not in FORMATS:
             problems.append(f"--format: expected one of {', '.join(FORMATS)}, found {self.format!r}")
-        if self.template != "auto" and self.template not in TEMPLATES:
-            problems.append(f"--template: expected one of {', '.join(TEMPLATES)}, found {self.template!r}")
+        if self.template != "auto":
+            try:
+                get_template(self.template)
+            except ValueError as err:
+                problems.append(str(err))
         if self.train_on not in TRAIN_ON:
             problems.append(f"--train_on: expected one of {', '.join(TRAIN_ON)}, found {self.train_on!r}")
         if self.format in _DEFAULT_COLUMNS and self.prompt_column == self.response_column:

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from sft.data.arguments import DataArguments
-from sft.data.encoding import token_lengths
 from sft.data.formats import Example, read_examples
 from sft.data.reading import DataError
+from sft.cli import run_command
 from sft.embedded import DEFAULT_MODEL_DIR
+from sft.errors import UserError
 from sft.models import base_defaults
 
 USAGE = "usage: python -m sft.data check --train_file FILE [--format FORMAT] [--tokenizer DIR] [...] (--help for all)"
@@ -34,40 +35,39 @@ class CheckArguments:
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of ``python -m sft.data check ...``; exits with status 0 or 2."""
+def check(check_args: CheckArguments, data_args: DataArguments) -> None:
+    """Print row counts, bad rows and token-length statistics of the files ``data_args`` names."""
+    if data_args.template == "auto":
+        data_args.template = base_defaults(Path(check_args.tokenizer))["template"]
+    files = [path for path in (data_args.train_file, data_args.validation_file) if path]
+    if not files:
+        raise UserError("--train_file: expected a file to check, found none")
+    scans = [(path, *read_examples(path, data_args)) for path in files]
+    bad = sum(_report_rows(path, examples, errors, data_args) for path, examples, errors in scans)
+    if bad and not data_args.skip_bad_rows:
+        raise UserError(f"{bad} bad rows: fix them, or pass --skip_bad_rows to leave them out")
+    tokenizer = _load_tokenizer(check_args.tokenizer)
+    for path, examples, _ in scans:
+        print(f"{path}: token lengths (tokenizer {check_args.tokenizer}, template {data_args.template})")
+        print("\n".join(_length_report(examples, tokenizer, data_args)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m sft.data check ...``; returns the exit status (0 or 2)."""
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] != "check":
-        _fail(USAGE)
-    try:
-        check_args, data_args = _parse(argv[1:])
-        if data_args.template == "auto":
-            data_args.template = base_defaults(Path(check_args.tokenizer))["template"]
-        files = [path for path in (data_args.train_file, data_args.validation_file) if path]
-        if not files:
-            raise ValueError("--train_file: expected a file to check, found none")
-        scans = [(path, *read_examples(path, data_args)) for path in files]
-        bad = sum(_report_rows(path, examples, errors, data_args) for path, examples, errors in scans)
-        if bad and not data_args.skip_bad_rows:
-            _fail(f"{bad} bad rows: fix them, or pass --skip_bad_rows to leave them out")
-        tokenizer = _load_tokenizer(check_args.tokenizer)
-        for path, examples, _ in scans:
-            print(f"{path}: token lengths (tokenizer {check_args.tokenizer}, template {data_args.template})")
-            print("\n".join(_length_report(examples, tokenizer, data_args)))
-    except ValueError as error:  # DataError and flag errors: a user mistake, not a bug
-        _fail(str(error))
+    if argv[:1] in (["-h"], ["--help"]):
+        print(USAGE)
+        return 0
 
+    def parse() -> tuple[CheckArguments, DataArguments]:
+        if not argv or argv[0] != "check":
+            raise UserError(USAGE)
+        from transformers import HfArgumentParser
 
-def _parse(argv: list[str]) -> tuple[CheckArguments, DataArguments]:
-    from transformers import HfArgumentParser
+        parser = HfArgumentParser((CheckArguments, DataArguments), prog="python -m sft.data check")
+        return parser.parse_args_into_dataclasses(args=argv[1:])
 
-    parser = HfArgumentParser((CheckArguments, DataArguments), prog="python -m sft.data check")
-    return parser.parse_args_into_dataclasses(args=argv)
-
-
-def _fail(message: str) -> None:
-    print(message, file=sys.stderr)
-    sys.exit(2)
+    return run_command(parse, lambda args: check(*args))
 
 
 def _report_rows(path: str, examples: list[Example], errors: list[DataError], args: DataArguments) -> int:
@@ -89,7 +89,7 @@ def _load_tokenizer(path: str) -> Any:
         return AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"--tokenizer: expected a tokenizer directory, found {path!r} ({reason})") from None
+        raise UserError(f"--tokenizer: expected a tokenizer directory, found {path!r} ({reason})") from None
 
 
 def _percentile(ordered: list[int], percent: float) -> int:
@@ -98,6 +98,8 @@ def _percentile(ordered: list[int], percent: float) -> int:
 
 
 def _length_report(examples: list[Example], tokenizer: Any, args: DataArguments) -> list[str]:
+    from sft.data.encoding import token_lengths  # torch: not for --help
+
     lengths = [token_lengths(example, tokenizer) for example in examples]
     prompts = sorted(prompt for prompt, _ in lengths)
     answers = sorted(answer + 1 for _, answer in lengths)  # + eos

@@ -27,7 +27,7 @@ import torch
 
 from sft.data.arguments import DataArguments
 from sft.data.formats import Example, load_examples
-from sft.templates import Segment
+from sft.data.templates import Segment
 
 logger = logging.getLogger(__name__)
 

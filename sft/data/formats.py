@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sft.data.reading import DataError, describe, read_rows
-from sft.templates import Segment, Template, Turn, get_template
+from sft.data.templates import Segment, Template, Turn, get_template
 
 if TYPE_CHECKING:
     from sft.data.arguments import DataArguments

@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sft.errors import UserError
+
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A user's data file is not what we expected; ``str()`` is ``FILE:LINE: expected ..., found ...``.
 
     Attributes:

@@ -1,6 +1,6 @@
 """Pretrain the embedded GLM model from scratch on raw text (next-token prediction).
 
-    python -m sft.pretrain --output_dir sft/embedded/glm-zh-tiny --max_steps 2000 --time_budget_minutes 27
+    python -m tools.pretrain --output_dir sft/embedded/glm-zh-tiny --max_steps 2000 --time_budget_minutes 27
 
 Text is packed into fixed-length rows (documents end with ``</s>``). Each training row is drawn
 from one source, sources weighted by ``--ad_copy_weight`` (ad copy) and token counts (the rest).
@@ -42,9 +42,9 @@ from transformers import (
 )
 
 from ptuning.masks import build_attention_mask
-from sft import corpus
 from sft.data import IGNORE_INDEX
 from sft.embedded import DEFAULT_MODEL_DIR
+from tools import corpus
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ CARD_FILE = "README.md"
 class PretrainArguments:
     output_dir: str = field(default=str(DEFAULT_MODEL_DIR), metadata={"help": "Where the model, tokenizer and card go."})
     tokenizer_dir: str = field(
-        default=str(DEFAULT_MODEL_DIR), metadata={"help": "Tokenizer to use (python -m sft.build_tokenizer writes it)."}
+        default=str(DEFAULT_MODEL_DIR), metadata={"help": "Tokenizer to use (python -m tools.build_tokenizer writes it)."}
     )
     corpus_file: str | None = field(
         default=None,
@@ -90,7 +90,7 @@ class PretrainArguments:
         metadata={"help": "Sources (comma-separated) whose held-out documents fill heldout.txt."},
     )
     heldout_max_bytes: int = field(default=28_000, metadata={"help": "Size cap of heldout.txt in UTF-8 bytes."})
-    ad_copy_paragraphs: int = field(default=20000, metadata={"help": "Paragraphs from sft.synthetic.ad_copy_corpus."})
+    ad_copy_paragraphs: int = field(default=20000, metadata={"help": "Paragraphs from tools.synthetic.ad_copy_corpus."})
     ad_copy_weight: float = field(
         default=0.5, metadata={"help": "Share of training rows drawn from the ad-copy sources (when present)."}
     )
@@ -393,10 +393,10 @@ def greedy_sample(model: GlmForCausalLM, tokenizer: PreTrainedTokenizerBase, pro
 
 
 def rebuild_command(args: PretrainArguments) -> str:
-    """``python -m sft.pretrain`` with every flag that differs from its default."""
+    """``python -m tools.pretrain`` with every flag that differs from its default."""
     defaults = asdict(PretrainArguments())
     flags = [f"--{k} {v}" for k, v in asdict(args).items() if v != defaults[k] and k not in ("output_dir", "tokenizer_dir")]
-    return " ".join(["python -m sft.pretrain", *flags])
+    return " ".join(["python -m tools.pretrain", *flags])
 
 
 def save(
@@ -471,7 +471,7 @@ cosine decay to {args.min_lr_ratio}x, seed {args.seed}.
 ## Evaluation
 
 Causal perplexity of `heldout.txt` (held-out 三国演义 paragraphs and synthetic ad copy, never
-trained on; windows of {ev["seq_len"]} tokens, `sft.pretrain.heldout_perplexity`):
+trained on; windows of {ev["seq_len"]} tokens, `tools.pretrain.heldout_perplexity`):
 
 heldout_perplexity: {ev["heldout_txt_perplexity"]}
 
@@ -481,7 +481,7 @@ Greedy continuation of `{sample[0]}`: {sample[1]!r}
 
     scripts/build_embedded.sh
 
-which runs `python -m sft.build_tokenizer` and then (with `OMP_WAIT_POLICY=PASSIVE`, which keeps
+which runs `python -m tools.build_tokenizer` and then (with `OMP_WAIT_POLICY=PASSIVE`, which keeps
 steps fast when other jobs share the cores)
 
     {rebuild_command(args)}
@@ -495,9 +495,10 @@ def machine_description(num_threads: int) -> str:
     return f"{platform.machine()} CPU, {os.cpu_count()} cores, {num_threads} torch threads, torch {torch.__version__}"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Pretrain, evaluate and save; ``argv`` defaults to the command line (tests pass a list)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    (args,) = HfArgumentParser(PretrainArguments).parse_args_into_dataclasses()
+    (args,) = HfArgumentParser(PretrainArguments).parse_args_into_dataclasses(args=argv)
     validate_args(args)
     torch.set_num_threads(args.num_threads)
     torch.manual_seed(args.seed)

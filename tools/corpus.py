@@ -14,7 +14,7 @@ Sources and licences:
   Apache-2.0), 20 entries per document.
 * ``xiehouyu``: two-part allegorical sayings from ``jionlp/dictionary/xiehouyu.zip`` (jionlp,
   Apache-2.0), 20 per document.
-* ``ad_copy``: synthetic product copy from :func:`sft.synthetic.ad_copy_corpus` (this project).
+* ``ad_copy``: synthetic product copy from :func:`tools.synthetic.ad_copy_corpus` (this project).
 * ``adgen_train``: the ``summary`` fields of the project's own ``data/adgen/train.json``.
   ``dev.json`` is never read: it is the evaluation split of the P-tuning demo.
 """
@@ -102,7 +102,7 @@ def load_xiehouyu() -> list[str]:
 
 def load_ad_copy(num_paragraphs: int = 20000, seed: int = 1234) -> list[str]:
     """Synthetic ad copy written by the project's generator (one paragraph per document)."""
-    from sft.synthetic import ad_copy_corpus
+    from tools.synthetic import ad_copy_corpus
 
     return [p.strip() for p in ad_copy_corpus(num_paragraphs, seed) if p.strip()]
 
@@ -138,11 +138,11 @@ def general_sources() -> list[Source]:
 def ad_sources(num_ad_paragraphs: int, seed: int) -> list[Source]:
     """Ad-copy sources written by the project; absent ones (not generated yet) are skipped."""
     sources = []
-    if importlib.util.find_spec("sft.synthetic") is not None:
+    if importlib.util.find_spec("tools.synthetic") is not None:
         sources.append(
             Source(
                 "ad_copy",
-                f"sft.synthetic.ad_copy_corpus({num_ad_paragraphs}, seed={seed})",
+                f"tools.synthetic.ad_copy_corpus({num_ad_paragraphs}, seed={seed})",
                 "this project",
                 lambda: load_ad_copy(num_ad_paragraphs, seed),
             )

@@ -14,14 +14,16 @@ from pathlib import Path
 
 import pytest
 
+import sft.eval.evaluation
 import sft.evaluate
 from sft.checkpoint import load_for_inference
 from sft.data import DataArguments, load_examples
-from sft.evaluate import PREDICTIONS_FILE, TABLE_KEYS, evaluate_examples
-from sft.generation import GenerationArguments
+from sft.eval.evaluation import TABLE_KEYS, evaluate_examples
+from sft.eval.predictions import PREDICTIONS_FILE
+from sft.eval.arguments import GenerationArguments
 from sft.infer import main as infer_main
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 FAST = ["--max_new_tokens", "6", "--batch_size", "4"]
 
 
@@ -83,13 +85,13 @@ def test_rerun_generates_only_missing_rows(evaluated, tiny_ptuning_checkpoint, t
     partial = json.dumps(full[0], ensure_ascii=False)[:25]
     (out / PREDICTIONS_FILE).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept) + partial)
     skipped = []
-    real_generate_all = sft.evaluate.generate_all
+    real_generate_all = sft.eval.evaluation.generate_all
 
     def recording_generate_all(*args, skip, **kwargs):
         skipped.append(set(skip))
         return real_generate_all(*args, skip=skip, **kwargs)
 
-    monkeypatch.setattr(sft.evaluate, "generate_all", recording_generate_all)
+    monkeypatch.setattr(sft.eval.evaluation, "generate_all", recording_generate_all)
     argv = ["--checkpoint", str(tiny_ptuning_checkpoint("prefix_lm")), "--validation_file", str(dev), "--output_dir", str(out)]
     assert sft.evaluate.main(argv + FAST) == 0
     assert skipped == [{1, 2, 4}]

@@ -28,11 +28,11 @@ from sft.data import (
     load_examples,
 )
 from sft.embedded import DEFAULT_MODEL_DIR
-from sft.templates import TEMPLATES, Turn, get_template
+from sft.data.templates import TEMPLATES, Turn, get_template
 from tests.fake_tokenizer import ASSISTANT, EOS, GMASK, PAD, SOP, SOP4, SYSTEM, USER, FakeTokenizer, chars
 from tests.fake_tokenizer import save_char_tokenizer
+from tests.conftest import REPO
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 X = IGNORE_INDEX
 NL = ord("\n")
 
@@ -351,7 +351,7 @@ BAD_ROWS = {  # name: (file bytes, line of the bad row, words the message must c
 
 def run_check(*flags: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "sft.data", "check", *flags], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120
+        [sys.executable, "-m", "sft.data", "check", *flags], capture_output=True, text=True, cwd=REPO, timeout=120
     )
 
 
@@ -441,7 +441,7 @@ def test_check_cli_usage_and_flag_errors(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.skipif(not (REPO_ROOT / "data/adgen/train.json").exists(), reason="data/adgen/train.json not written yet")
+@pytest.mark.skipif(not (REPO / "data/adgen/train.json").exists(), reason="data/adgen/train.json not written yet")
 @pytest.mark.skipif(
     not (DEFAULT_MODEL_DIR / "tokenizer_config.json").exists(), reason="embedded tokenizer not built yet"
 )

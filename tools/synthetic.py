@@ -10,7 +10,7 @@ The copy is built from the attributes, so a model can learn attributes -> copy. 
 tests rely on: every attribute value except ``类型`` appears verbatim in its summary, colours
 appear only where the row has them, and a summary is ``SUMMARY_MIN``-``SUMMARY_MAX`` characters.
 
-Regenerate the sample files with ``python -m sft.synthetic --out_dir data``.
+Regenerate the sample files with ``python -m tools.synthetic --out_dir data``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Train the embedded model's SentencePiece tokenizer and save it in transformers' format.
 
-    python -m sft.build_tokenizer --output_dir sft/embedded/glm-zh-tiny
+    python -m tools.build_tokenizer --output_dir sft/embedded/glm-zh-tiny
 
 Writes ``tokenizer.model`` (SentencePiece unigram), ``tokenizer.json`` (the same model for the
 ``tokenizers`` library) and ``tokenizer_config.json``. Decoding is lossless: no dummy prefix,
@@ -26,8 +26,8 @@ import sentencepiece as spm
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoTokenizer, HfArgumentParser
 
-from sft import corpus
 from sft.embedded import DEFAULT_MODEL_DIR
+from tools import corpus
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class TokenizerArguments:
         default=0.9995, metadata={"help": "Share of corpus characters given their own piece; the rest fall back to bytes."}
     )
     ad_copy_paragraphs: int = field(
-        default=20000, metadata={"help": "Synthetic ad-copy paragraphs in the corpus (sft.synthetic.ad_copy_corpus)."}
+        default=20000, metadata={"help": "Synthetic ad-copy paragraphs in the corpus (tools.synthetic.ad_copy_corpus)."}
     )
     ad_copy_repeats: int = field(
         default=1, metadata={"help": "How often the ad-copy sources are repeated in the tokenizer's training text."}

@@ -1,4 +1,5 @@
-"""transformers' Trainer, saving what a method trains (as its checkpoint describes) and refusing non-finite losses."""
+"""transformers' Trainer and TrainingArguments, saving what a method trains (as its checkpoint describes)
+and refusing non-finite losses."""
 
 from __future__ import annotations
 
@@ -6,26 +7,64 @@ import json
 import logging
 import resource
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback
+from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
 
-from sft.checkpoint import CheckpointError, CheckpointInfo, load_trained, save_trained
+from sft.checkpoint import CheckpointInfo, save_checkpoint
 from sft.data import Example
-from sft.evaluate import evaluate_examples
-from sft.generation import GenerationArguments
-from sft.metrics import METRIC_KEYS
+from sft.errors import CheckpointError, UserError
+from sft.eval.arguments import GenerationArguments
+from sft.eval.evaluation import evaluate_examples
+from sft.eval.scores import METRIC_KEYS
+from sft.methods import get_method
 
 logger = logging.getLogger(__name__)
 
 NONFINITE_BATCH = "nonfinite_batch.safetensors"
 
 
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN or infinite loss; the batch was saved for inspection."""
+class NonFiniteLossError(UserError):
+    """Training produced a NaN or infinite loss; the batch and the last finite weights were saved."""
+
+    exit_status = 1  # not a flag to fix, but the run did not finish
+
+
+@dataclass
+class SFTTrainingArguments(TrainingArguments):
+    """transformers' TrainingArguments with this project's defaults.
+
+    ``sft.train`` fills ``output_dir`` and ``learning_rate`` from ``--finetuning_type`` when they are
+    not given (:func:`sft.training.recipe.parse_args`).
+    """
+
+    logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
+    save_steps: float = field(default=500, metadata={"help": "Save a resumable checkpoint every N steps."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep dataset columns (they are all inputs)."})
+    include_num_input_tokens_seen: str = field(
+        default="non_padding",
+        metadata={"help": "Count the tokens trained on, for the report's tokens/s: non_padding (prompt and answer), "
+                          "all (padding too) or no.", "choices": ["non_padding", "all", "no"]},
+    )
+
+    def __post_init__(self) -> None:
+        if self.learning_rate <= 0:
+            raise ValueError(f"--learning_rate: expected a positive number, found {self.learning_rate}")
+        super().__post_init__()
+        if self.activation_checkpointing and not self.activation_checkpointing_kwargs:
+            # Non-reentrant checkpointing lets gradients reach the prefix or adapters while the base is frozen.
+            self.activation_checkpointing_kwargs = self.gradient_checkpointing_kwargs = {"use_reentrant": False}
+
+    def zero_stage(self) -> int | None:
+        """The ZeRO stage of ``--deepspeed`` (a JSON file or dict), ``None`` without DeepSpeed."""
+        config = self.deepspeed
+        if isinstance(config, str):
+            path = Path(config)
+            config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        return (config or {}).get("zero_optimization", {}).get("stage")
 
 
 class SFTTrainer(Trainer):
@@ -74,7 +113,7 @@ class SFTTrainer(Trainer):
         tensors = {k: v.detach().cpu().contiguous() for k, v in inputs.items() if isinstance(v, torch.Tensor)}
         save_file(tensors, str(out / NONFINITE_BATCH))
         # The weights are still those of the last good step: keep them.
-        save_trained(self.model, self.checkpoint_info, out / "last-finite", tokenizer=self.checkpoint_tokenizer)
+        save_checkpoint(self.model, self.checkpoint_info, out / "last-finite", tokenizer=self.checkpoint_tokenizer)
         raise NonFiniteLossError(
             f"step {self.state.global_step}: loss is {loss.item()}; batch saved to {out / NONFINITE_BATCH}, "
             f"last finite weights to {out / 'last-finite'} (try --dtype float32 or a lower --learning_rate)"
@@ -84,7 +123,7 @@ class SFTTrainer(Trainer):
         output_dir = output_dir or self.args.output_dir
         if not self.args.should_save:
             return
-        save_trained(
+        save_checkpoint(
             self.model, self.checkpoint_info, output_dir, tokenizer=self.checkpoint_tokenizer, state_dict=state_dict
         )
         # The arguments as JSON, not as the pickle transformers writes.
@@ -92,26 +131,23 @@ class SFTTrainer(Trainer):
         logger.info("saved %s checkpoint to %s", self.checkpoint_info.method, output_dir)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        if self._method_of(resume_from_checkpoint) == "ptuning":
-            load_trained(model or self.model, self.checkpoint_info, resume_from_checkpoint)
-        else:  # peft adapters and model directories: transformers' own loading (shards, FSDP, DeepSpeed included)
+        # peft adapters and model directories: transformers' own loading (shards, FSDP, DeepSpeed included).
+        if not self._method_of(resume_from_checkpoint).load_weights(model or self.model, Path(resume_from_checkpoint)):
             super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     def _load_best_model(self) -> None:
         checkpoint = self.state.best_model_checkpoint
         logger.info("loading best checkpoint %s (%s)", checkpoint, self.state.best_metric)
-        if self._method_of(checkpoint) == "ptuning":
-            load_trained(self.model, self.checkpoint_info, checkpoint)
-        else:
+        if not self._method_of(checkpoint).load_weights(self.model, Path(checkpoint)):
             super()._load_best_model()
 
-    def _method_of(self, checkpoint: str) -> str:
+    def _method_of(self, checkpoint: str):
         """The method a checkpoint to load was trained with; it must be this run's."""
         method = CheckpointInfo.load(checkpoint).method
         if method != self.checkpoint_info.method:
             raise CheckpointError(f"{checkpoint}: checkpoint has method {method}, this run trains "
                                   f"{self.checkpoint_info.method} (--finetuning_type)")
-        return method
+        return get_method(method)
 
     def resource_metrics(self, train_runtime: float) -> dict[str, float]:
         """Training tokens per second of this session (prompt + answer, no padding) and peak memory in MB.
@@ -150,27 +186,3 @@ class SaveAtEndCallback(TrainerCallback):
         if state.global_step >= state.max_steps:
             control.should_save = True
         return control
-
-
-def write_training_report(log_history: list[dict], output_dir: str | Path) -> None:
-    """``train_metrics.json`` (every logged value) and ``loss_curve.png`` into ``output_dir``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    output_dir = Path(output_dir)
-    (output_dir / "train_metrics.json").write_text(json.dumps(log_history, indent=1), encoding="utf-8")
-    train = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
-    dev = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for points, label in ((train, "train loss"), (dev, "dev loss")):
-        if points:
-            ax.plot(*zip(*points), marker="." if label == "dev loss" else None, label=label)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(output_dir / "loss_curve.png", dpi=100)
-    plt.close(fig)

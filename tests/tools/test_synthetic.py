@@ -1,4 +1,4 @@
-"""Tests for sft.synthetic: determinism, the row guarantees, and the checked-in sample files."""
+"""Tests for tools.synthetic: determinism, the row guarantees, and the checked-in sample files."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from sft import synthetic
-from sft.synthetic import (
+from tools import synthetic
+from tools.synthetic import (
     ad_copy_corpus,
     generate_adgen_rows,
     generate_alpaca_rows,
     sample_files,
 )
 
-DATA = Path(__file__).resolve().parents[1] / "data"
+DATA = Path(__file__).resolve().parents[2] / "data"
 SHARED_KEYS = {"类型", "版型", "材质", "颜色", "风格", "图案"}
 # Written out here rather than imported, so a key leaking into the wrong kind is caught.
 OWN_KEYS = {
@@ -118,12 +118,12 @@ def test_alpaca_rows_have_three_strings_and_a_third_empty_inputs() -> None:
 
 
 def test_sample_files_equal_generator_output() -> None:
-    """data/ must be exactly what `python -m sft.synthetic --out_dir data` writes."""
+    """data/ must be exactly what `python -m tools.synthetic --out_dir data` writes."""
     files = sample_files()
     assert set(files) == set(SIZES)
     for relpath, text in files.items():
         on_disk = (DATA / relpath).read_text(encoding="utf-8")
-        assert on_disk == text, f"data/{relpath} is stale: python -m sft.synthetic --out_dir data"
+        assert on_disk == text, f"data/{relpath} is stale: python -m tools.synthetic --out_dir data"
 
 
 def test_sample_files_format_and_sizes() -> None:

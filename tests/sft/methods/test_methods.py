@@ -19,12 +19,16 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import GlmForCausalLM
 
-from sft import export, train
-from sft.checkpoint import CheckpointError, load_checkpoint, load_for_inference
-from sft.generation import GenerationArguments, generate_batch
-from sft.methods import LORA_TARGETS
+from sft import export
+from sft import train as train_command
+from sft.training import recipe
+from sft.checkpoint import load_checkpoint, load_for_inference
+from sft.errors import CheckpointError
+from sft.eval.arguments import GenerationArguments
+from sft.eval.generation import generate_batch
+from sft.methods.lora import LORA_TARGETS
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 ALPACA = REPO / "data" / "alpaca"
 GLM_LINEAR = {*LORA_TARGETS["glm"]["attention"], *LORA_TARGETS["glm"]["mlp"]}
 
@@ -64,7 +68,7 @@ def trained(tiny_model_dir, tmp_path_factory):
     def get(method: str):
         if method not in runs:
             out = tmp_path_factory.mktemp(f"{method}-run")
-            runs[method] = (*train.run(*train.parse_args(train_args(tiny_model_dir, out, method))), out)
+            runs[method] = (*recipe.run(recipe.parse_args(train_args(tiny_model_dir, out, method))), out)
         return runs[method]
 
     return get
@@ -141,7 +145,7 @@ def test_train_script_trains_lora_by_one_variable(tiny_model_dir, tmp_path):
 def test_resumed_run_repeats_the_uninterrupted_losses(trained, tiny_model_dir, method, tmp_path):
     _, _, out = trained(method)
     argv = train_args(tiny_model_dir, tmp_path, method, "--resume_from_checkpoint", str(out / "checkpoint-2"))
-    train.run(*train.parse_args(argv))
+    recipe.run(recipe.parse_args(argv))
     full, resumed = train_losses(out), train_losses(tmp_path)
     for step in (3, 4):
         assert resumed[step] == pytest.approx(full[step], abs=1e-6), step
@@ -207,17 +211,17 @@ def test_incomplete_or_misused_checkpoints_are_refused(trained, tiny_model_dir, 
 
 def test_learning_rate_and_output_dir_follow_the_method():
     for method, rate in (("ptuning", 2e-2), ("lora", 3e-4), ("full", 1e-4)):
-        *_, args = train.parse_args(["--finetuning_type", method])
+        args = recipe.parse_args(["--finetuning_type", method]).training
         assert (args.learning_rate, args.output_dir) == (rate, f"output/{method}")
-    *_, args = train.parse_args(["--finetuning_type", "lora", "--learning_rate", "1e-3", "--output_dir", "x"])
+    args = recipe.parse_args(["--finetuning_type", "lora", "--learning_rate", "1e-3", "--output_dir", "x"]).training
     assert (args.learning_rate, args.output_dir) == (1e-3, "x")
 
 
 def test_bad_lora_settings_exit_with_one_line(tiny_model_dir, tmp_path, capsys):
-    assert train.main(["--finetuning_type", "lora", "--lora_rank", "0", "--output_dir", str(tmp_path)]) == 2
+    assert train_command.main(["--finetuning_type", "lora", "--lora_rank", "0", "--output_dir", str(tmp_path)]) == 2
     assert "--lora_rank: expected a positive integer, found 0" in capsys.readouterr().err
     argv = train_args(tiny_model_dir, tmp_path, "lora", "--lora_target", "q_proj,query_key_value")
-    assert train.main(argv) == 2
+    assert train_command.main(argv) == 2
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith("error: --lora_target:") and "query_key_value" in errors[0]
@@ -226,5 +230,5 @@ def test_bad_lora_settings_exit_with_one_line(tiny_model_dir, tmp_path, capsys):
 def test_gradient_checkpointing_gives_the_same_full_fine_tuning(tiny_model_dir, tmp_path):
     for name, extra in (("plain", ()), ("checkpointed", ("--gradient_checkpointing",))):
         argv = train_args(tiny_model_dir, tmp_path / name, "full", "--max_steps", "2", *extra)
-        train.run(*train.parse_args(argv))
+        recipe.run(recipe.parse_args(argv))
     assert train_losses(tmp_path / "checkpointed") == pytest.approx(train_losses(tmp_path / "plain"), abs=1e-5)

@@ -14,9 +14,9 @@ import pytest
 from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu  # only for the verbatim test
 from rouge_chinese import Rouge  # only for the verbatim test
 
-from sft.metrics import score_corpus, score_pair
+from sft.eval.scores import score_corpus, score_pair
+from tests.conftest import REPO
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 # --- Independent reference (no rouge_chinese, no nltk) -----------------------------------------
@@ -195,7 +195,7 @@ def test_progress_bar_only_for_long_lists(capsys: pytest.CaptureFixture[str]) ->
 def _run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "sft.metrics", *map(str, args)],
-        cwd=REPO_ROOT, capture_output=True, text=True, encoding="utf-8", timeout=120,
+        cwd=REPO, capture_output=True, text=True, encoding="utf-8", timeout=120,
     )
 
 
@@ -225,8 +225,8 @@ def test_cli_prints_one_json_object(tmp_path: Path) -> None:
     ("second_line", "message"),
     [
         ('{"prediction": "你好", ', "invalid JSON"),
-        ('{"prediction": "你好"}', 'expected field "reference", found fields: prediction'),
-        ('{"prediction": 3, "reference": "你好"}', 'expected "prediction" to be a string, found int'),
+        ('{"prediction": "你好"}', 'expected a string under "reference", found fields prediction'),
+        ('{"prediction": 3, "reference": "你好"}', 'expected a string under "prediction", found number 3'),
     ],
 )
 def test_cli_bad_line_exits_2_with_location(tmp_path: Path, second_line: str, message: str) -> None:
@@ -244,6 +244,6 @@ def test_cli_bad_line_exits_2_with_location(tmp_path: Path, second_line: str, me
 def test_cli_missing_file_exits_2(tmp_path: Path) -> None:
     proc = _run_cli("--predictions", tmp_path / "nope.jsonl")
     assert proc.returncode == 2
-    assert f"{tmp_path / 'nope.jsonl'}: expected a readable JSON Lines file" in proc.stderr
+    assert f"{tmp_path / 'nope.jsonl'}: expected a readable file" in proc.stderr
     assert "Traceback" not in proc.stderr
 

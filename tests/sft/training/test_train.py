@@ -12,12 +12,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import GlmForCausalLM
 
-from sft import train
-from sft.checkpoint import CheckpointError, load_checkpoint
-from sft.trainer import NONFINITE_BATCH, NonFiniteLossError
-from tests.conftest import build_tiny_model_dir
+from sft.training import recipe
+from sft.checkpoint import load_checkpoint
+from sft.errors import CheckpointError
+from sft.methods import ptuning as ptuning_method
+from sft.training.trainer import NONFINITE_BATCH, NonFiniteLossError
+from tests.conftest import REPO, build_tiny_model_dir
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "adgen"
+DATA = REPO / "data" / "adgen"
 
 
 def train_args(model_dir: Path, output_dir: Path, *extra: str) -> list[str]:
@@ -41,7 +43,7 @@ def train_args(model_dir: Path, output_dir: Path, *extra: str) -> list[str]:
 
 
 def run_training(argv: list[str]):
-    return train.run(*train.parse_args(argv))
+    return recipe.run(recipe.parse_args(argv))
 
 
 def train_losses(output_dir: Path) -> dict[int, float]:
@@ -141,7 +143,7 @@ def test_wrong_base_model_is_refused_on_the_command_line(trained, tmp_path):
 
 
 def test_nonfinite_loss_stops_with_the_batch_saved(tiny_model_dir, tmp_path, monkeypatch):
-    real_build = train.build_ptuning
+    real_build = ptuning_method.attach_encoder
 
     def poisoned(model, config):
         encoder = real_build(model, config)
@@ -149,7 +151,7 @@ def test_nonfinite_loss_stops_with_the_batch_saved(tiny_model_dir, tmp_path, mon
             encoder.embedding.weight[0, 0] = float("nan")
         return encoder
 
-    monkeypatch.setattr(train, "build_ptuning", poisoned)
+    monkeypatch.setattr(ptuning_method, "attach_encoder", poisoned)
     with pytest.raises(NonFiniteLossError, match="loss is nan"):
         run_training(train_args(tiny_model_dir, tmp_path, "--max_steps", "2"))
     batch = load_file(str(tmp_path / NONFINITE_BATCH))

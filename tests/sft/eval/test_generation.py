@@ -11,8 +11,8 @@ import torch
 
 from sft.checkpoint import load_for_inference
 from sft.data import DataArguments, encode_prompt, load_examples
-from sft.generation import (
-    GenerationArguments,
+from sft.eval.arguments import GenerationArguments
+from sft.eval.generation import (
     eos_token_ids,
     generate_all,
     generate_batch,

@@ -1,0 +1,155 @@
+"""Evaluation by generation: generate for dev rows, score them as ChatGLM does (:mod:`sft.eval.scores`).
+
+:func:`evaluate` is the job of ``python -m sft.evaluate``: load the checkpoint (base model and
+method from its ``sft_checkpoint.json``), read the dev rows with the data settings it was
+trained with, generate the rows not generated yet (:mod:`sft.eval.predictions` keeps the
+predictions file resumable), score, and write ``metrics.json`` (``rouge-1``, ``rouge-2``,
+``rouge-l``, ``bleu-4``, ``n``, ``empty``, the generation settings and the checkpoint).
+
+:func:`evaluate_examples` is the same evaluation for code (the Trainer during training).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from sft.data import DataArguments, Example, encode_prompt, load_examples
+from sft.data.reading import read_rows
+from sft.eval.arguments import EvaluateArguments, GenerationArguments, LoadArguments
+from sft.eval.generation import generate_all
+from sft.eval.loading import checkpoint_data_arguments, load_model
+from sft.eval.predictions import PREDICTIONS_FILE, EvaluationError, resume, write_predictions
+from sft.eval.scores import score_corpus
+from sft.models import EMBEDDED
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+TABLE_KEYS = ("rouge-1", "rouge-2", "rouge-l", "bleu-4", "n", "empty")
+
+
+def evaluate_examples(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: list[Example],
+    max_source_length: int,
+    gen_args: GenerationArguments,
+    *,
+    done: dict[int, str] | None = None,
+    on_result: Callable[[int, str], None] | None = None,
+) -> tuple[list[str], dict]:
+    """Generate a prediction for every example and score them against the examples' answers.
+
+    Args:
+        examples: rendered with the model's template (see :func:`sft.data.load_examples`).
+        max_source_length: prompts are cut as in training (:func:`sft.data.encode_prompt`).
+        done: predictions already made, by index; those rows are not generated again.
+        on_result: called with ``(index, prediction)`` as each new row is generated.
+
+    Returns:
+        The predictions in example order and :func:`sft.eval.scores.score_corpus`'s scores.
+        The model is put in eval mode while generating and given back in its former mode.
+    """
+    done = done or {}
+    prompt_ids = [encode_prompt(example, tokenizer, max_source_length) for example in examples]
+    was_training = model.training
+    model.eval()
+    try:
+        generated = generate_all(model, tokenizer, prompt_ids, gen_args, on_result=on_result, skip=done.keys())
+    finally:
+        model.train(was_training)
+    predictions = [done[i] if text is None else text for i, text in enumerate(generated)]
+    return predictions, score_corpus(predictions, [example.answer for example in examples])
+
+
+def raw_prompts(path: str, examples: list[Example], column: str | None) -> list[str]:
+    """The prompt column's text of each example's row (the rendered prompt when the format has no such column)."""
+    values = {row.line: row.value for row in read_rows(path) if isinstance(row.value, dict)}
+    return [str(values.get(example.line, {}).get(column, example.prompt)) for example in examples]
+
+
+def output_directory(args: EvaluateArguments, source: str) -> Path:
+    if args.output_dir:
+        return Path(args.output_dir)
+    return Path("output/eval-embedded") if source == EMBEDDED else Path(source) / "eval"
+
+
+def run_settings(load_args: LoadArguments, args: EvaluateArguments, data_args, gen_args: GenerationArguments) -> dict:
+    """Everything that decides the predictions; two runs may share a predictions file only if these agree."""
+    source = load_args.source()
+    return {
+        "checkpoint": source if source == EMBEDDED else str(Path(source).resolve()),
+        "model_name_or_path": load_args.model_name_or_path,
+        "validation_file": str(Path(args.validation_file).resolve()),
+        "template": data_args.template,
+        "prompt_column": data_args.prompt_column,
+        "max_source_length": data_args.max_source_length,
+        **gen_args.settings(),
+    }
+
+
+def format_table(metrics: dict) -> str:
+    """``metric | score`` rows, aligned."""
+    cells = [(key, f"{metrics[key]:.4f}" if isinstance(metrics[key], float) else str(metrics[key]))
+             for key in TABLE_KEYS]
+    width = max(len(key) for key, _ in cells + [("metric", "")])
+    score_width = max(len(value) for _, value in cells + [("", "score")])
+    lines = [f"{'metric':<{width}} | {'score':>{score_width}}", f"{'-' * width}-|-{'-' * score_width}"]
+    lines += [f"{key:<{width}} | {value:>{score_width}}" for key, value in cells]
+    return "\n".join(lines)
+
+
+def data_arguments(info, args: EvaluateArguments) -> DataArguments:
+    """The checkpoint's data settings with the column overrides given on the command line."""
+    try:
+        return checkpoint_data_arguments(info, prompt_column=args.prompt_column, response_column=args.response_column)
+    except ValueError as err:  # an override that clashes with the checkpoint's other column
+        raise EvaluationError(str(err)) from None
+
+
+def load_rows(args: EvaluateArguments, data_args: DataArguments) -> tuple[list[Example], list[dict]]:
+    """The examples to evaluate and their output rows (``index``, ``prompt``, ``reference``)."""
+    examples = load_examples(args.validation_file, data_args)[: args.eval_samples]
+    prompts = raw_prompts(args.validation_file, examples, data_args.prompt_column)
+    rows = [{"index": i, "prompt": p, "reference": e.answer} for i, (e, p) in enumerate(zip(examples, prompts))]
+    return examples, rows
+
+
+def generate_appending(model, tokenizer, examples, rows, max_source_length, gen_args, done, path: Path) -> dict:
+    """:func:`evaluate_examples`, appending each new row to ``path`` as it is made; returns the scores."""
+    with path.open("a", encoding="utf-8") as out:
+
+        def append(index: int, prediction: str) -> None:
+            out.write(json.dumps({**rows[index], "prediction": prediction}, ensure_ascii=False) + "\n")
+            out.flush()
+
+        predictions, scores = evaluate_examples(
+            model, tokenizer, examples, max_source_length, gen_args, done=done, on_result=append
+        )
+    write_predictions(path, rows, dict(enumerate(predictions)))
+    return scores
+
+
+def write_metrics(output_dir: Path, scores: dict, settings: dict, method: str) -> dict:
+    metrics = {**scores, "generation": settings, "checkpoint": settings["checkpoint"], "method": method}
+    (output_dir / METRICS_FILE).write_text(json.dumps(metrics, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    logger.info("wrote %s and %s to %s", PREDICTIONS_FILE, METRICS_FILE, output_dir)
+    return metrics
+
+
+def evaluate(load_args: LoadArguments, args: EvaluateArguments, gen_args: GenerationArguments) -> dict:
+    """Generate what is missing, score, write the outputs; returns ``metrics.json``'s content."""
+    model, tokenizer, info = load_model(load_args)
+    data_args = data_arguments(info, args)
+    examples, rows = load_rows(args, data_args)
+    output_dir = output_directory(args, load_args.source())
+    settings = run_settings(load_args, args, data_args, gen_args)
+    done = resume(output_dir, rows, settings, args.overwrite)
+    path = output_dir / PREDICTIONS_FILE
+    scores = generate_appending(model, tokenizer, examples, rows, data_args.max_source_length, gen_args, done, path)
+    return write_metrics(output_dir, scores, settings, info.method)

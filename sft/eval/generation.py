@@ -1,0 +1,129 @@
+"""Text generation for evaluation and inference: batched, left-padded, with the KV cache.
+
+What a generation run needs, and nothing more (the settings are
+:class:`sft.eval.arguments.GenerationArguments`: greedy by default, sampling on request, bounded
+by ``max_new_tokens``, never a ``max_length`` that counts the prompt):
+
+* :func:`generate_token_ids` / :func:`generate_batch`: one batch. Prompts are padded on the
+  left so every row's next token sits in the last column; generation stops on every eos id
+  the model declares (:func:`eos_token_ids`; GLM-4 declares three).
+* :func:`generate_all`: many prompts, sorted by length so a batch wastes little padding,
+  results handed back as rows finish and returned in input order.
+
+A P-tuning prefix and the prefix-LM/causal mask are applied by hooks inside the model
+(:mod:`ptuning.injection`), so nothing here depends on the fine-tuning method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from tqdm import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.generation.streamers import BaseStreamer
+
+from sft.data import DataCollator
+from sft.eval.arguments import GenerationArguments
+
+
+def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Every id that ends a generation: the model's generation config (int or list) and the tokenizer's eos."""
+    declared = model.generation_config.eos_token_id
+    if declared is None:
+        declared = []
+    elif isinstance(declared, int):
+        declared = [declared]
+    ids = list(dict.fromkeys([*declared, tokenizer.eos_token_id]))
+    return [i for i in ids if i is not None]
+
+
+def _cut_at_eos(ids: list[int], eos: set[int]) -> list[int]:
+    for position, token in enumerate(ids):
+        if token in eos:
+            return ids[:position]
+    return ids
+
+
+def generate_token_ids(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_ids: list[list[int]],
+    args: GenerationArguments,
+    streamer: BaseStreamer | None = None,
+) -> list[list[int]]:
+    """Generate one batch; return each row's new token ids, up to (not including) its first eos."""
+    if any(not ids for ids in prompt_ids):
+        raise ValueError("generate_token_ids: expected non-empty prompts, found an empty one")
+    eos = eos_token_ids(model, tokenizer)
+    collator = DataCollator.for_tokenizer(tokenizer, padding_side="left")  # real tokens flush right
+    inputs = {k: v.to(model.device) for k, v in collator([{"input_ids": ids} for ids in prompt_ids]).items()}
+    sampling = {"top_p": args.top_p, "temperature": args.temperature} if args.do_sample else {}
+    # Seeded in a forked RNG: runs repeat, and a caller's random stream (training's) is left as it was.
+    cuda_devices = [model.device] if model.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda_devices):
+        torch.manual_seed(args.seed)
+        output = model.generate(
+            **inputs,
+            max_new_tokens=args.max_new_tokens,
+            do_sample=args.do_sample,
+            num_beams=args.num_beams,
+            eos_token_id=eos,
+            pad_token_id=collator.pad_token_id,
+            use_cache=True,
+            streamer=streamer,
+            **sampling,
+        )  # (B, T + new)
+    new_tokens = output[:, inputs["input_ids"].shape[1]:].tolist()
+    return [_cut_at_eos(ids, set(eos)) for ids in new_tokens]
+
+
+def generate_batch(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_ids: list[list[int]],
+    args: GenerationArguments,
+    streamer: BaseStreamer | None = None,
+) -> list[str]:
+    """Generate one batch; return each row's new text (special tokens dropped, stripped)."""
+    new_ids = generate_token_ids(model, tokenizer, prompt_ids, args, streamer)
+    return [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in new_ids]
+
+
+def length_sorted_batches(prompt_ids: list[list[int]], batch_size: int, skip: Iterable[int] = ()) -> list[list[int]]:
+    """Indices of the rows not in ``skip``, longest first, cut into batches.
+
+    Longest first: the batch that needs the most memory runs first, so a too-large
+    ``batch_size`` fails at once rather than at the end.
+    """
+    skipped = set(skip)
+    todo = sorted((i for i in range(len(prompt_ids)) if i not in skipped), key=lambda i: (-len(prompt_ids[i]), i))
+    return [todo[start:start + batch_size] for start in range(0, len(todo), batch_size)]
+
+
+def generate_all(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_ids: list[list[int]],
+    args: GenerationArguments,
+    *,
+    on_result: Callable[[int, str], None] | None = None,
+    skip: Iterable[int] = (),
+) -> list[str | None]:
+    """Generate for every prompt not in ``skip``, in batches of similar length, with a progress bar.
+
+    ``on_result(index, text)`` is called for each row as its batch finishes. Returns the texts
+    in input order; rows in ``skip`` are ``None``.
+    """
+    results: list[str | None] = [None] * len(prompt_ids)
+    batches = length_sorted_batches(prompt_ids, args.batch_size, skip)
+    with tqdm(total=sum(map(len, batches)), desc="generating", unit="row") as progress:
+        for batch in batches:
+            texts = generate_batch(model, tokenizer, [prompt_ids[i] for i in batch], args)
+            for index, text in zip(batch, texts):
+                results[index] = text
+                if on_result is not None:
+                    on_result(index, text)
+            progress.update(len(batch))
+    return results
+

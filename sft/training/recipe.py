@@ -1,0 +1,169 @@
+"""The fine-tuning recipe behind ``python -m sft.train``: flags in, a checkpoint and a report out.
+
+The steps: read flags, load base model and tokenizer, encode the data, prepare the method
+(:mod:`sft.methods`: ``ptuning``, a frozen base with a trainable prefix; ``lora``, a frozen base
+with peft adapters; ``full``, every weight), train with transformers' Trainer, save the final
+checkpoint and a training report. Everything but the method preparation is shared.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import HfArgumentParser, PreTrainedModel, set_seed
+
+from ptuning.injection import attach_prefix
+from sft.checkpoint import CheckpointInfo
+from sft.data import DataArguments, DataCollator, EncodedDataset, build_dataset
+from sft.eval.arguments import GenerationArguments
+from sft.methods import METHODS, Method, get_method
+from sft.models import base_defaults, fingerprint, load_base_model, load_tokenizer, resolve_dtype, resolve_model_path
+from sft.training.arguments import MethodArguments, ModelArguments
+from sft.training.report import count_parameters, write_training_report
+from sft.training.trainer import GenerationEval, SaveAtEndCallback, SFTTrainer, SFTTrainingArguments
+
+logger = logging.getLogger("sft.train")
+
+# What the checkpoint records of the data settings, so evaluation renders prompts exactly as training did.
+RECORDED_DATA = ("format", "prompt_column", "response_column", "history_column", "max_source_length",
+                 "max_target_length", "train_on")
+
+
+@dataclass
+class TrainArguments:
+    """Every flag of a run, parsed."""
+
+    model: ModelArguments
+    data: DataArguments
+    method: MethodArguments
+    method_flags: dict  # each registered method's own flags' dataclass, by method name
+    training: SFTTrainingArguments
+
+    @property
+    def chosen(self) -> Method:
+        return get_method(self.method.finetuning_type)
+
+
+def parse_args(argv: list[str] | None = None) -> TrainArguments:
+    """Our flags first, then transformers' ``TrainingArguments`` with defaults that follow the method."""
+    own = [ModelArguments, DataArguments, MethodArguments]
+    method_types = [m.arguments for m in METHODS.values() if m.arguments is not None]
+    *parsed, rest = HfArgumentParser([*own, *method_types]).parse_args_into_dataclasses(
+        args=argv, return_remaining_strings=True
+    )
+    model_args, data_args, method_args, *flags = parsed
+    method = get_method(method_args.finetuning_type)
+    trainer_parser = HfArgumentParser(SFTTrainingArguments)
+    trainer_parser.set_defaults(output_dir=f"output/{method.name}", learning_rate=method.default_learning_rate)
+    (training_args,) = trainer_parser.parse_args_into_dataclasses(args=rest)
+    if method.name == "ptuning" and training_args.zero_stage() == 3:
+        # ZeRO-3 partitions the prefix encoder too, and prefix.safetensors would be saved from empty shards.
+        raise ValueError("--deepspeed: expected ZeRO stage 0-2 for --finetuning_type ptuning (its few MB need "
+                         "no partitioning), found stage 3")
+    by_name = {m.name: next((f for f in flags if type(f) is m.arguments), None) for m in METHODS.values() if m.arguments}
+    return TrainArguments(model_args, data_args, method_args, by_name, training_args)
+
+
+def weights_dtype(model_args: ModelArguments, method: Method) -> torch.dtype:
+    """``--dtype auto`` keeps fp32 weights for full fine-tuning: AdamW steps smaller than bf16 can
+    represent would be lost (``--bf16`` gives mixed precision on top)."""
+    if method.name == "full" and model_args.dtype == "auto":
+        return torch.float32
+    return resolve_dtype(model_args.dtype)
+
+
+def resolve_settings(model_args: ModelArguments, data_args: DataArguments, base: Path) -> tuple[str, str]:
+    """The mask and template actually used: ``auto`` means what the base model was built for."""
+    defaults = base_defaults(base)
+    mask = defaults["mask"] if model_args.mask == "auto" else model_args.mask
+    template = defaults["template"] if data_args.template == "auto" else data_args.template
+    return mask, template
+
+
+def evaluate_base_loss(model, training_args, collator, eval_dataset, mask: str) -> float:
+    """Dev loss of the base model as it is (no prefix, no adapters), with the run's mask."""
+    hook = attach_prefix(model, None, mask)
+    trainer = transformers.Trainer(model=model, args=training_args, data_collator=collator, eval_dataset=eval_dataset)
+    loss = trainer.evaluate(metric_key_prefix="base")["base_loss"]
+    hook.remove()
+    logger.info("base model dev loss before training: %.4f", loss)
+    return loss
+
+
+def generation_eval(args: TrainArguments, tokenizer, eval_dataset) -> GenerationEval | None:
+    """Scores by generation during training on the first ``--eval_samples`` dev rows, if asked."""
+    if not args.method.eval_samples or eval_dataset is None:
+        return None
+    settings = GenerationArguments(
+        max_new_tokens=args.method.eval_max_new_tokens, batch_size=args.training.per_device_eval_batch_size
+    )
+    examples = eval_dataset.examples[: args.method.eval_samples]
+    return GenerationEval(tokenizer, examples, args.data.max_source_length, settings)
+
+
+def load_datasets(data_args: DataArguments, tokenizer) -> tuple[EncodedDataset, EncodedDataset | None]:
+    train_dataset = build_dataset(data_args.train_file, tokenizer, data_args, split="train")
+    if not data_args.validation_file:
+        return train_dataset, None
+    return train_dataset, build_dataset(data_args.validation_file, tokenizer, data_args, split="eval")
+
+
+def train_and_report(trainer: SFTTrainer, training_args: SFTTrainingArguments, results: dict) -> dict:
+    """Train, save the final checkpoint, evaluate, and write the report; returns every metric."""
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    results.update(train_result.metrics)
+    results.update(trainer.resource_metrics(train_result.metrics["train_runtime"]))
+    if trainer.eval_dataset is not None:
+        results.update(trainer.evaluate())
+    trainer.log(results)
+    write_training_report(trainer.state.log_history, training_args.output_dir)
+    logger.info("saved checkpoint, train_metrics.json and loss_curve.png to %s", training_args.output_dir)
+    return results
+
+
+def prepare(model: PreTrainedModel, args: TrainArguments, mask: str) -> tuple[torch.nn.Module, dict | None]:
+    """The model to train as the chosen method says, and the method's checkpoint section."""
+    method = args.chosen
+    settings = method.settings(model, args.method_flags.get(method.name), mask)
+    return method.prepare(model, settings, mask), settings
+
+
+def run(args: TrainArguments) -> tuple[SFTTrainer, dict]:
+    """Train as the arguments say; returns the trainer (its model is the trained model) and the metrics."""
+    set_seed(args.training.seed)
+    method = args.chosen
+    base = resolve_model_path(args.model.model_name_or_path)
+    mask, template = resolve_settings(args.model, args.data, base)
+    args.data.template = template
+    tokenizer = load_tokenizer(base)
+    train_dataset, eval_dataset = load_datasets(args.data, tokenizer)
+    dtype = weights_dtype(args.model, method)
+    model = load_base_model(base, dtype, args.model.attn_implementation)
+    base_fp = fingerprint(model)
+    collator = DataCollator(pad_token_id=tokenizer.pad_token_id, padding_side="right",
+                            pad_to_multiple_of=args.data.pad_to_multiple_of)
+    results = {}
+    if args.method.eval_base_loss and eval_dataset is not None:
+        results["base_dev_loss"] = evaluate_base_loss(model, args.training, collator, eval_dataset, mask)
+    model, settings = prepare(model, args, mask)
+    results.update(count_parameters(model))
+    info = CheckpointInfo.describe(method.name, settings, base=base, base_fingerprint=base_fp, mask=mask,
+                                   template=template, dtype=dtype,
+                                   data={k: getattr(args.data, k) for k in RECORDED_DATA})
+    trainer = SFTTrainer(
+        generation_eval=generation_eval(args, tokenizer, eval_dataset),
+        model=model,
+        args=args.training,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=collator,
+        tokenizer=tokenizer,
+        checkpoint_info=info,
+        callbacks=[SaveAtEndCallback()],
+    )
+    return trainer, train_and_report(trainer, args.training, results)

@@ -1,0 +1,100 @@
+"""tools.pretrain: row masking, split points, flag checks, prefix-LM attention, and a smoke run.
+
+The tests use a tiny random GLM (2 layers, 32 wide) and a corpus file written here, so they need
+no corpus package; the smoke run calls ``main`` in process with the embedded tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, GlmConfig, GlmForCausalLM
+
+from sft.data import IGNORE_INDEX
+from sft.embedded import DEFAULT_MODEL_DIR
+from tools.pretrain import (
+    CARD_FILE,
+    HELDOUT_FILE,
+    HELDOUT_PPL_FILE,
+    PretrainArguments,
+    main,
+    model_inputs,
+    sample_split_points,
+    validate_args,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_model_inputs_mask_labels_before_split():
+    input_ids = torch.arange(10, 16)[None].repeat(2, 1)  # (2, 6)
+    inputs = model_inputs(input_ids, torch.tensor([0, 3]))
+    assert inputs["labels"].tolist() == [[10, 11, 12, 13, 14, 15], [IGNORE_INDEX] * 3 + [13, 14, 15]]
+    assert inputs["position_ids"].tolist() == [list(range(6))] * 2
+    assert inputs["attention_mask"].shape == (2, 1, 6, 6)
+
+
+def test_split_points_follow_objective():
+    rng = random.Random(0)
+    causal = sample_split_points(50, PretrainArguments(objective="causal", seq_len=64), rng)
+    prefix = sample_split_points(50, PretrainArguments(objective="prefix_lm", seq_len=64, max_prefix_fraction=0.5), rng)
+    mixed = sample_split_points(200, PretrainArguments(objective="mix", seq_len=64), rng)
+    assert causal.tolist() == [0] * 50
+    assert prefix.max() <= 32 and (prefix > 0).sum() > 40
+    assert 50 < (mixed == 0).sum() < 150
+
+
+def test_validate_args_names_every_bad_flag():
+    with pytest.raises(ValueError) as err:
+        validate_args(PretrainArguments(objective="mlm", ad_copy_weight=2.0))
+    assert "--objective" in str(err.value) and "--ad_copy_weight" in str(err.value)
+
+
+def test_prefix_lm_prefix_is_bidirectional_and_blind_to_the_rest():
+    torch.manual_seed(0)
+    config = GlmConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=8, intermediate_size=64, pad_token_id=0, eos_token_id=1, bos_token_id=None,
+    )
+    model = GlmForCausalLM(config).eval()
+    input_ids = torch.randint(2, 64, (1, 10))  # (1, T)
+    split = torch.tensor([5])
+
+    def hidden(ids: torch.Tensor) -> torch.Tensor:
+        inputs = model_inputs(ids, split)
+        inputs.pop("labels")
+        with torch.no_grad():
+            return model.model(**inputs).last_hidden_state[0]  # (T, H)
+
+    base = hidden(input_ids)
+    later_in_prefix = input_ids.clone()
+    later_in_prefix[0, 3] = 2 + (input_ids[0, 3] - 1) % 62
+    assert not torch.allclose(hidden(later_in_prefix)[1], base[1])
+    after_split = input_ids.clone()
+    after_split[0, 7] = 2 + (input_ids[0, 7] - 1) % 62
+    changed = hidden(after_split)
+    assert torch.allclose(changed[:7], base[:7])
+
+
+def test_pretrain_smoke_run(tmp_path):
+    lines = (REPO / "data" / "adgen" / "train.json").read_text("utf-8").splitlines()[:60]
+    summaries = [json.loads(line)["summary"] for line in lines]
+    corpus_file = tmp_path / "corpus.txt"
+    corpus_file.write_text("\n\n".join(summaries), encoding="utf-8")
+    out = tmp_path / "model"
+    tiny = ["--hidden_size", "32", "--num_hidden_layers", "2", "--num_attention_heads", "4", "--num_key_value_heads", "2",
+            "--head_dim", "8", "--intermediate_size", "64", "--max_position_embeddings", "128"]
+    # In process; --num_threads is this process's own count, so main's set_num_threads changes nothing.
+    main(["--corpus_file", str(corpus_file), "--output_dir", str(out), "--tokenizer_dir", str(DEFAULT_MODEL_DIR),
+          "--max_steps", "3", "--batch_size", "2", "--seq_len", "32", "--warmup_steps", "1",
+          "--heldout_fraction", "0.1", "--objective", "mix", "--num_threads", str(torch.get_num_threads()), *tiny])
+    for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json", HELDOUT_FILE, CARD_FILE):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / HELDOUT_PPL_FILE).read_text())
+    assert f"heldout_perplexity: {metrics['heldout_txt_perplexity']}" in (out / CARD_FILE).read_text("utf-8")
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    assert reloaded.config.num_hidden_layers == 2 and reloaded.config.vocab_size == 8000
