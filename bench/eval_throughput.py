@@ -5,7 +5,7 @@
 
 Defaults: the embedded base model and the first 64 rows of data/adgen/dev.json
 (``--validation_file ../shared/adgen/dev500.json`` works too). Both runs are greedy with the
-same ``max_new_tokens`` and go through :mod:`sft.generation` exactly as evaluation does
+same ``max_new_tokens`` and go through :mod:`sft.eval.generation` exactly as evaluation does
 (length-sorted batches, left padding, KV cache, eos stopping). New tokens are counted up to
 each row's eos, so a batch's padding after a row has finished is not counted as work done.
 Prints rows/s and new tokens/s for each batch size, the speed-up, and whether both runs
@@ -23,14 +23,9 @@ import torch
 from transformers import HfArgumentParser
 
 from sft.data import encode_prompt, load_examples
-from sft.generation import (
-    GenerationArguments,
-    LoadArguments,
-    checkpoint_data_arguments,
-    generate_token_ids,
-    length_sorted_batches,
-    load_model,
-)
+from sft.eval.arguments import GenerationArguments, LoadArguments
+from sft.eval.generation import generate_token_ids, length_sorted_batches
+from sft.eval.loading import checkpoint_data_arguments, load_model
 
 
 @dataclass

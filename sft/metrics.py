@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sft.cli import run_command
-from sft.data.reading import DataError, describe, read_rows
+from sft.data.reading import DataError, read_objects
 
 logger = logging.getLogger("sft.metrics")
 
@@ -29,21 +29,10 @@ class MetricsArguments:
 
 def read_predictions(path: str) -> tuple[list[str], list[str]]:
     """``(predictions, references)`` of every row; a row without both strings is a :class:`DataError`."""
-    pairs = []
-    for row in read_rows(path):
-        if row.error is not None:
-            raise row.error
-        if not isinstance(row.value, dict):
-            raise DataError(path, row.line, "a JSON object", describe(row.value))
-        for name in ("prediction", "reference"):
-            if not isinstance(row.value.get(name), str):
-                found = describe(row.value[name]) if name in row.value else "fields " + (", ".join(row.value) or "none")
-                raise DataError(path, row.line, f'a string under "{name}"', found)
-        pairs.append((row.value["prediction"], row.value["reference"]))
-    if not pairs:
+    rows = [row for _, row in read_objects(path, ("prediction", "reference"))]
+    if not rows:
         raise DataError(path, None, "at least one row", "none")
-    predictions, references = zip(*pairs)
-    return list(predictions), list(references)
+    return [row["prediction"] for row in rows], [row["reference"] for row in rows]
 
 
 def run(args: MetricsArguments) -> None:

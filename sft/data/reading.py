@@ -86,6 +86,24 @@ def read_rows(path: str | Path) -> list[RawRow]:
     return _read_lines(path, data)
 
 
+def read_objects(path: str | Path, string_fields: tuple[str, ...] = ()) -> list[tuple[int, dict]]:
+    """``(line, object)`` for every row of ``path``, each a JSON object with a string under each of
+    ``string_fields``; the first row that is not is a :class:`DataError`.
+    """
+    objects = []
+    for row in read_rows(path):
+        if row.error is not None:
+            raise row.error
+        if not isinstance(row.value, dict):
+            raise DataError(path, row.line, "a JSON object", describe(row.value))
+        for name in string_fields:
+            if not isinstance(row.value.get(name), str):
+                found = describe(row.value[name]) if name in row.value else "fields " + (", ".join(row.value) or "none")
+                raise DataError(path, row.line, f'a string under "{name}"', found)
+        objects.append((row.line, row.value))
+    return objects
+
+
 def _decode(path: str | Path, data: bytes, first_line: int = 1) -> str:
     """Decode UTF-8, naming the line and column of the first bad byte."""
     try:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TextStreamer
 
-from sft.data import DataArguments, DataError, Example, encode_prompt
-from sft.data.reading import describe, read_rows
+from sft.data import DataArguments, Example, encode_prompt
+from sft.data.reading import read_objects
 from sft.data.templates import Turn, get_template
 from sft.eval.arguments import GenerationArguments, InferArguments, LoadArguments
 from sft.eval.generation import generate_all, generate_batch
@@ -32,17 +32,7 @@ def prompt_ids(text: str, tokenizer: PreTrainedTokenizerBase, data_args: DataArg
 
 def read_prompts(path: str, column: str) -> list[tuple[dict, str]]:
     """``(row, prompt text)`` for each row of ``path``; a row without a text in ``column`` is a DataError."""
-    prompts = []
-    for raw in read_rows(path):
-        if raw.error is not None:
-            raise raw.error
-        if not isinstance(raw.value, dict):
-            raise DataError(path, raw.line, "a JSON object", describe(raw.value))
-        if not isinstance(raw.value.get(column), str):
-            found = describe(raw.value[column]) if column in raw.value else "keys " + (", ".join(raw.value) or "none")
-            raise DataError(path, raw.line, f'a string under "{column}"', found)
-        prompts.append((raw.value, raw.value[column]))
-    return prompts
+    return [(row, row[column]) for _, row in read_objects(path, (column,))]
 
 
 def answer_file(model, tokenizer, data_args: DataArguments, args: InferArguments, gen_args: GenerationArguments) -> None:

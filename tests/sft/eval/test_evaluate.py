@@ -178,7 +178,7 @@ def test_infer_input_file_without_the_prompt_column(tiny_model_dir, tmp_path, ca
     bad.write_text('{"content": "类型#裤"}\n{"text": "类型#鞋"}\n', encoding="utf-8")
     argv = ["--model_name_or_path", str(tiny_model_dir), "--input_file", str(bad), "--output_file", str(tmp_path / "o")]
     assert infer_main(argv) == 2
-    assert_one_line_error(capsys.readouterr().err, f'{bad}:2: expected a string under "content", found keys text')
+    assert_one_line_error(capsys.readouterr().err, f'{bad}:2: expected a string under "content", found fields text')
 
 
 def test_evaluate_script_assembles_flags(tiny_ptuning_checkpoint, adgen_file, tmp_path):
