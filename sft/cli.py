@@ -22,13 +22,17 @@ from sft.versions import check_supported
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def setup_logging(stream: TextIO = sys.stderr, quiet: bool = False) -> None:
-    """Our loggers at INFO (WARNING when ``quiet``, e.g. a non-zero rank), transformers' at WARNING."""
+def setup_logging(stream: TextIO | None = None, quiet: bool = False) -> None:
+    """Our loggers at INFO (WARNING when ``quiet``, e.g. a non-zero rank), transformers' at WARNING.
+
+    ``stream`` is the current ``sys.stderr`` unless given (looked up now, not at import).
+    """
+    stream = stream or sys.stderr
     logging.basicConfig(format=LOG_FORMAT, level=logging.WARNING if quiet else logging.INFO, stream=stream, force=True)
     logging.getLogger("transformers").setLevel(logging.WARNING)
 
 
-def run_command(parse: Callable[[], Any], work: Callable[[Any], Any], *, log_stream: TextIO = sys.stderr) -> int:
+def run_command(parse: Callable[[], Any], work: Callable[[Any], Any], *, log_stream: TextIO | None = None) -> int:
     """``work(parse())`` with logging set up; returns the exit status.
 
     ``parse`` reads the flags (a ``ValueError`` there is a flag check: one line, status 2);

@@ -34,7 +34,7 @@ def print_help(everything: bool) -> None:
 def run(args) -> None:
     from sft.training.recipe import run as train
 
-    setup_logging(sys.stdout, quiet=not args.training.should_log)
+    setup_logging(sys.stdout, quiet=not args.training.should_log)  # training logs are the output
     train(args)
 
 

@@ -7,8 +7,15 @@ vocabulary matches it. Like GLM-4, the generation config declares three eos ids.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import io
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,6 +30,32 @@ from sft.methods.ptuning import attach_encoder
 from sft.models import DEFAULTS_FILE, fingerprint
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Ran:
+    """What a command left: its exit status and what it printed."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_in_process(module: str, *args: str | Path) -> Ran:
+    """``python -m <module> args`` as ``main(argv)`` in this process (no interpreter start-up), output captured."""
+    main = importlib.import_module(module).main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(arg) for arg in args])
+    return Ran(code, out.getvalue(), err.getvalue())
+
+
+def run_subprocess(*argv: str | Path, **env: str) -> subprocess.CompletedProcess:
+    """A real process in the repository root (for what a subprocess shows: entry points, scripts)."""
+    return subprocess.run(
+        [str(arg) for arg in argv], cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHON": sys.executable, **env},
+    )
 
 TINY_PRE_SEQ_LEN = 4
 TINY_DATA = {

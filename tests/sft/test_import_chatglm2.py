@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -11,6 +9,7 @@ import torch
 from ptuning.layout import kv_layout
 from sft.checkpoint import load_checkpoint
 from sft.import_chatglm2 import main
+from tests.conftest import run_in_process
 from transformers import AutoConfig
 
 
@@ -47,10 +46,7 @@ def test_import_loads_the_same_tensors(tiny_model_dir, tmp_path, hidden):
 def test_import_refuses_a_prefix_of_another_width(tiny_model_dir, tmp_path):
     kv_size = kv_layout(AutoConfig.from_pretrained(str(tiny_model_dir))).kv_size
     write_chatglm2_checkpoint(tmp_path / "chatglm2", 5, kv_size * 2, None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "sft.import_chatglm2", "--source", str(tmp_path / "chatglm2"),
-         "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path / "out")],
-        capture_output=True, text=True,
-    )
+    proc = run_in_process("sft.import_chatglm2", "--source", tmp_path / "chatglm2",
+                          "--model_name_or_path", tiny_model_dir, "--output_dir", tmp_path / "out")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"embedding.weight expected shape (5, {kv_size}), found (5, {kv_size * 2})" in proc.stderr

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
 import sys
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from sft.embedded import DEFAULT_MODEL_DIR
 from sft.data.templates import TEMPLATES, Turn, get_template
 from tests.fake_tokenizer import ASSISTANT, EOS, GMASK, PAD, SOP, SOP4, SYSTEM, USER, FakeTokenizer, chars
 from tests.fake_tokenizer import save_char_tokenizer
-from tests.conftest import REPO
+from tests.conftest import REPO, Ran, run_in_process, run_subprocess
 
 X = IGNORE_INDEX
 NL = ord("\n")
@@ -349,10 +348,8 @@ BAD_ROWS = {  # name: (file bytes, line of the bad row, words the message must c
 }
 
 
-def run_check(*flags: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "sft.data", "check", *flags], capture_output=True, text=True, cwd=REPO, timeout=120
-    )
+def run_check(*flags: str) -> Ran:
+    return run_in_process("sft.data.check", "check", *flags)
 
 
 @pytest.mark.parametrize("name", BAD_ROWS)
@@ -445,8 +442,9 @@ def test_check_cli_usage_and_flag_errors(tmp_path):
 @pytest.mark.skipif(
     not (DEFAULT_MODEL_DIR / "tokenizer_config.json").exists(), reason="embedded tokenizer not built yet"
 )
-def test_check_cli_on_shipped_adgen_data():
-    result = run_check("--train_file", "data/adgen/train.json", "--format", "adgen")
+def test_check_cli_on_shipped_adgen_data():  # the real `python -m sft.data check`, as the README shows it
+    result = run_subprocess(sys.executable, "-m", "sft.data", "check", "--train_file", "data/adgen/train.json",
+                            "--format", "adgen")
     assert result.returncode == 0, result.stderr
     assert "data/adgen/train.json: " in result.stdout and " 0 bad rows" in result.stdout
     assert "answer+eos" in result.stdout and "Traceback" not in result.stderr

@@ -7,8 +7,6 @@ absence of a traceback matter; the other cases call ``main(argv)`` in-process to
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,16 +20,9 @@ from sft.eval.evaluation import TABLE_KEYS, evaluate_examples
 from sft.eval.predictions import PREDICTIONS_FILE
 from sft.eval.arguments import GenerationArguments
 from sft.infer import main as infer_main
-from tests.conftest import REPO
+from tests.conftest import run_in_process, run_subprocess
 
 FAST = ["--max_new_tokens", "6", "--batch_size", "4"]
-
-
-def run_module(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
-    )
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -53,8 +44,7 @@ def evaluated(tiny_ptuning_checkpoint, tmp_path_factory, adgen_rows):
     dev.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in adgen_rows), encoding="utf-8")
     out = tmp_path_factory.mktemp("eval")
     checkpoint = tiny_ptuning_checkpoint("prefix_lm")
-    done = run_module("sft.evaluate", "--checkpoint", str(checkpoint), "--validation_file", str(dev),
-                      "--output_dir", str(out), *FAST)
+    done = run_in_process("sft.evaluate", "--checkpoint", checkpoint, "--validation_file", dev, "--output_dir", out, *FAST)
     return done, dev, out
 
 
@@ -119,8 +109,8 @@ def test_rerun_with_other_settings_is_refused_unless_overwrite(evaluated, tiny_p
 def test_bad_validation_file_is_one_line_and_exit_2(tiny_ptuning_checkpoint, tmp_path):
     dev = tmp_path / "dev.json"
     dev.write_text('{"content": "类型#上衣", "summary": "好"}\n{"content": "类型#裙"}\n', encoding="utf-8")
-    done = run_module("sft.evaluate", "--checkpoint", str(tiny_ptuning_checkpoint("prefix_lm")),
-                      "--validation_file", str(dev), "--output_dir", str(tmp_path / "eval"))
+    done = run_in_process("sft.evaluate", "--checkpoint", tiny_ptuning_checkpoint("prefix_lm"),
+                          "--validation_file", dev, "--output_dir", tmp_path / "eval")
     assert done.returncode == 2
     assert_one_line_error(done.stderr, f'{dev}:2: expected key "summary"')
 
@@ -143,8 +133,8 @@ def test_evaluate_examples_scores_and_keeps_training_mode(tiny_ptuning_checkpoin
 
 
 def test_infer_prompt_prints_text(tiny_ptuning_checkpoint):
-    done = run_module("sft.infer", "--checkpoint", str(tiny_ptuning_checkpoint("prefix_lm")),
-                      "--prompt", "类型#上衣*颜色#红色", "--max_new_tokens", "8")
+    done = run_in_process("sft.infer", "--checkpoint", tiny_ptuning_checkpoint("prefix_lm"),
+                          "--prompt", "类型#上衣*颜色#红色", "--max_new_tokens", "8")
     assert done.returncode == 0, done.stderr
     assert len(done.stdout.strip().splitlines()) == 1 and done.stdout.strip()
 
@@ -182,10 +172,9 @@ def test_infer_input_file_without_the_prompt_column(tiny_model_dir, tmp_path, ca
 
 
 def test_evaluate_script_assembles_flags(tiny_ptuning_checkpoint, adgen_file, tmp_path):
-    env = {"CHECKPOINT": str(tiny_ptuning_checkpoint("causal")), "VALIDATION_FILE": str(adgen_file),
-           "EVAL_SAMPLES": "2", "BATCH_SIZE": "2", "MAX_NEW_TOKENS": "3", "PYTHON": sys.executable}
-    done = subprocess.run(["bash", "scripts/evaluate.sh", "--output_dir", str(tmp_path / "eval")], cwd=REPO,
-                          capture_output=True, text=True, timeout=300, env={**os.environ, **env})
+    done = run_subprocess("bash", "scripts/evaluate.sh", "--output_dir", tmp_path / "eval",
+                          CHECKPOINT=str(tiny_ptuning_checkpoint("causal")), VALIDATION_FILE=str(adgen_file),
+                          EVAL_SAMPLES="2", BATCH_SIZE="2", MAX_NEW_TOKENS="3")
     assert done.returncode == 0, done.stderr
     assert "rouge-l" in done.stdout
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["generation"]["max_new_tokens"] == 3

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -15,7 +14,7 @@ from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu  # only f
 from rouge_chinese import Rouge  # only for the verbatim test
 
 from sft.eval.scores import score_corpus, score_pair
-from tests.conftest import REPO
+from tests.conftest import REPO, Ran, run_in_process, run_subprocess
 
 
 
@@ -192,11 +191,8 @@ def test_progress_bar_only_for_long_lists(capsys: pytest.CaptureFixture[str]) ->
 # --- CLI -----------------------------------------------------------------------------------------
 
 
-def _run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sft.metrics", *map(str, args)],
-        cwd=REPO, capture_output=True, text=True, encoding="utf-8", timeout=120,
-    )
+def _run_cli(*args: str | Path) -> Ran:
+    return run_in_process("sft.metrics", *args)
 
 
 def _write_jsonl(path: Path, lines: list[str]) -> Path:
@@ -210,7 +206,8 @@ def test_cli_prints_one_json_object(tmp_path: Path) -> None:
     predictions = _write_jsonl(tmp_path / "generated.jsonl", lines)
     output = tmp_path / "out" / "metrics.json"
 
-    proc = _run_cli("--predictions", predictions, "--output", output)
+    # A real process: jieba's start-up chatter only shows in one where jieba is not yet loaded.
+    proc = run_subprocess(sys.executable, "-m", "sft.metrics", "--predictions", predictions, "--output", output)
 
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)

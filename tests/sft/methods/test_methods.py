@@ -8,9 +8,7 @@ the adapter model's logits.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,13 +19,13 @@ from transformers import GlmForCausalLM
 
 from sft import export
 from sft import train as train_command
-from sft.training import recipe
 from sft.checkpoint import load_checkpoint, load_for_inference
 from sft.errors import CheckpointError
 from sft.eval.arguments import GenerationArguments
 from sft.eval.generation import generate_batch
 from sft.methods.lora import LORA_TARGETS
-from tests.conftest import REPO
+from sft.training import recipe
+from tests.conftest import REPO, run_in_process, run_subprocess
 
 ALPACA = REPO / "data" / "alpaca"
 GLM_LINEAR = {*LORA_TARGETS["glm"]["attention"], *LORA_TARGETS["glm"]["mlp"]}
@@ -106,21 +104,13 @@ def test_full_saves_a_standalone_model(trained, tiny_model_dir):
     assert not torch.equal(tuned["model.layers.0.mlp.down_proj.weight"], base["model.layers.0.mlp.down_proj.weight"])
 
 
-def run_script(script: str, *flags: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", script, *flags], cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHON": sys.executable, **env})
-
-
 def assert_infer_and_evaluate_need_only(checkpoint: Path, method: str, validation_file: Path) -> None:
-    """``sft.infer --checkpoint DIR`` and ``scripts/evaluate.sh`` with CHECKPOINT=DIR work without other flags."""
-    infer = subprocess.run(
-        [sys.executable, "-m", "sft.infer", "--checkpoint", str(checkpoint), "--prompt", "类型#裙",
-         "--max_new_tokens", "4"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )
+    """``sft.infer --checkpoint DIR`` and ``sft.evaluate --checkpoint DIR`` work without other flags
+    (``scripts/evaluate.sh`` only assembles these flags: tests/sft/eval/test_evaluate.py runs it)."""
+    infer = run_in_process("sft.infer", "--checkpoint", checkpoint, "--prompt", "类型#裙", "--max_new_tokens", "4")
     assert infer.returncode == 0 and f"method {method}" in infer.stderr, infer.stderr
-    done = run_script("scripts/evaluate.sh", CHECKPOINT=str(checkpoint), VALIDATION_FILE=str(validation_file),
-                      EVAL_SAMPLES="2", MAX_NEW_TOKENS="4")
+    done = run_in_process("sft.evaluate", "--checkpoint", checkpoint, "--validation_file", validation_file,
+                          "--eval_samples", "2", "--max_new_tokens", "4")
     assert done.returncode == 0, done.stderr
     metrics = json.loads((checkpoint / "eval" / "metrics.json").read_text())
     assert metrics["method"] == method and metrics["n"] == 2
@@ -132,9 +122,9 @@ def test_full_checkpoint_needs_no_flags_to_infer_and_evaluate(trained):
 
 
 def test_train_script_trains_lora_by_one_variable(tiny_model_dir, tmp_path):
-    done = run_script("scripts/train.sh", "--max_train_samples", "8", "--max_eval_samples", "4",
-                      METHOD="lora", MODEL=str(tiny_model_dir), OUTPUT_DIR=str(tmp_path), MAX_STEPS="2",
-                      BATCH_SIZE="4", MAX_SOURCE_LENGTH="32", MAX_TARGET_LENGTH="32")
+    done = run_subprocess("bash", "scripts/train.sh", "--max_train_samples", "8", "--max_eval_samples", "4",
+                          METHOD="lora", MODEL=str(tiny_model_dir), OUTPUT_DIR=str(tmp_path), MAX_STEPS="2",
+                          BATCH_SIZE="4", MAX_SOURCE_LENGTH="32", MAX_TARGET_LENGTH="32")
     assert done.returncode == 0, done.stderr
     info = json.loads((tmp_path / "sft_checkpoint.json").read_text())
     assert info["method"] == "lora" and info["data"]["prompt_column"] == "content"
