@@ -1,8 +1,9 @@
 """Score a predictions file as ChatGLM's ptuning scripts do: ``python -m sft.metrics --predictions FILE``.
 
-FILE is JSON Lines (or a JSON array) with string fields ``prediction`` and ``reference``, as
-``sft.evaluate`` writes ``generated_predictions.jsonl``. Prints one JSON object (ROUGE-1/2/L,
-BLEU-4, ``n``, ``empty``: :func:`sft.eval.scores.score_corpus`) and writes it to ``--output``.
+FILE is JSON Lines (or a JSON array) with string fields ``prediction`` and ``reference`` and,
+optionally, ``prompt`` (attribute recall needs it), as ``sft.evaluate`` writes
+``generated_predictions.jsonl``. Prints one JSON object (ROUGE-1/2/L, BLEU-4, attribute recall,
+distinct share, ``n``, ``empty``: :func:`sft.eval.scores.score_corpus`) and writes it to ``--output``.
 """
 
 from __future__ import annotations
@@ -27,20 +28,23 @@ class MetricsArguments:
     output: str | None = field(default=None, metadata={"help": "Also write the JSON metrics here."})
 
 
-def read_predictions(path: str) -> tuple[list[str], list[str]]:
-    """``(predictions, references)`` of every row; a row without both strings is a :class:`DataError`."""
+def read_predictions(path: str) -> tuple[list[str], list[str], list[str] | None]:
+    """``(predictions, references, prompts)`` of every row (prompts ``None`` unless every row has one);
+    a row without both strings is a :class:`DataError`."""
     rows = [row for _, row in read_objects(path, ("prediction", "reference"))]
     if not rows:
         raise DataError(path, None, "at least one row", "none")
-    return [row["prediction"] for row in rows], [row["reference"] for row in rows]
+    prompts = [row.get("prompt") for row in rows]
+    prompts = prompts if all(isinstance(prompt, str) for prompt in prompts) else None
+    return [row["prediction"] for row in rows], [row["reference"] for row in rows], prompts
 
 
 def run(args: MetricsArguments) -> None:
     from sft.eval.scores import score_corpus  # jieba, nltk: loaded for work only
 
-    predictions, references = read_predictions(args.predictions)
+    predictions, references, prompts = read_predictions(args.predictions)
     logger.info("scoring %d rows from %s", len(predictions), args.predictions)
-    text = json.dumps(score_corpus(predictions, references), ensure_ascii=False)
+    text = json.dumps(score_corpus(predictions, references, prompts), ensure_ascii=False)
     print(text)
     if args.output is not None:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)

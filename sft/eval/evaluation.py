@@ -30,7 +30,7 @@ from sft.models import EMBEDDED
 logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
-TABLE_KEYS = ("rouge-1", "rouge-2", "rouge-l", "bleu-4", "n", "empty")
+TABLE_KEYS = ("rouge-1", "rouge-2", "rouge-l", "bleu-4", "attribute_recall", "distinct", "n", "empty")
 
 
 def evaluate_examples(
@@ -64,7 +64,8 @@ def evaluate_examples(
     finally:
         model.train(was_training)
     predictions = [done[i] if text is None else text for i, text in enumerate(generated)]
-    return predictions, score_corpus(predictions, [example.answer for example in examples])
+    references = [example.answer for example in examples]
+    return predictions, score_corpus(predictions, references, [example.prompt for example in examples])
 
 
 def raw_prompts(path: str, examples: list[Example], column: str | None) -> list[str]:
@@ -95,7 +96,7 @@ def run_settings(load_args: LoadArguments, args: EvaluateArguments, data_args, g
 
 def format_table(metrics: dict) -> str:
     """``metric | score`` rows, aligned."""
-    cells = [(key, f"{metrics[key]:.4f}" if isinstance(metrics[key], float) else str(metrics[key]))
+    cells = [(key, f"{metrics[key]:.4f}" if isinstance(metrics[key], float) else str(metrics[key]).replace("None", "-"))
              for key in TABLE_KEYS]
     width = max(len(key) for key, _ in cells + [("metric", "")])
     score_width = max(len(value) for _, value in cells + [("", "score")])

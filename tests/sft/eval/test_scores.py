@@ -13,7 +13,7 @@ import pytest
 from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu  # only for the verbatim test
 from rouge_chinese import Rouge  # only for the verbatim test
 
-from sft.eval.scores import score_corpus, score_pair
+from sft.eval.scores import attribute_recall, prompt_values, score_corpus, score_pair
 from tests.conftest import REPO, Ran, run_in_process, run_subprocess
 
 
@@ -188,6 +188,45 @@ def test_progress_bar_only_for_long_lists(capsys: pytest.CaptureFixture[str]) ->
     assert "201/201" in capsys.readouterr().err
 
 
+# --- Attribute recall and distinct share ----------------------------------------------------------
+
+
+def test_prompt_values_of_raw_and_rendered_prompts() -> None:
+    raw = "类型#上衣*版型#宽松*图案#线条*图案#刺绣*图案#线条"
+    assert prompt_values(raw) == ["上衣", "宽松", "线条", "刺绣"]  # a repeated key keeps both values, once each
+    assert prompt_values(f"[gMASK]sop<|user|>\n{raw}<|assistant|>\n") == ["上衣", "宽松", "线条", "刺绣"]
+    assert prompt_values(f"[Round 1]\n\n问：{raw}\n\n答：") == ["上衣", "宽松", "线条", "刺绣"]
+    assert prompt_values("写一段关于秋天的文字") == []
+
+
+@pytest.mark.parametrize(
+    ("prediction", "expected"),
+    [
+        ("宽松的上衣，刺绣和线条点缀。", 1.0),  # every value present
+        ("一件宽松的衣服。", 0.25),  # one of four
+        ("一件毛衣。", 0.0),  # none
+        ("", 0.0),  # an empty prediction mentions nothing
+    ],
+)
+def test_attribute_recall_counts_distinct_values_found_verbatim(prediction: str, expected: float) -> None:
+    assert attribute_recall(prediction, "类型#上衣*版型#宽松*图案#线条*图案#刺绣*图案#线条") == expected
+
+
+def test_corpus_attribute_recall_and_distinct_share() -> None:
+    prompts = ["类型#裙*颜色#红色", "类型#裤*材质#牛仔布", "写一首诗"]  # the last row has no attributes
+    predictions = ["红色的裙子", "红色的裙子", "一首诗"]
+    references = ["红色连衣裙", "牛仔裤", "诗"]
+    result = score_corpus(predictions, references, prompts)
+    # Row recalls 1.0 and 0.0 (the row without attributes does not count); 2 distinct of 3 predictions.
+    assert result["attribute_recall"] == pytest.approx(50.0)
+    assert result["distinct"] == pytest.approx(200 / 3)
+    without_prompts = score_corpus(predictions, references)
+    assert without_prompts["attribute_recall"] is None and without_prompts["distinct"] == result["distinct"]
+    assert score_corpus(["a"], ["b"], ["写一首诗"])["attribute_recall"] is None
+    with pytest.raises(ValueError, match="expected a prompt per prediction"):
+        score_corpus(predictions, references, prompts[:2])
+
+
 # --- CLI -----------------------------------------------------------------------------------------
 
 
@@ -211,7 +250,7 @@ def test_cli_prints_one_json_object(tmp_path: Path) -> None:
 
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
-    assert list(result) == ["rouge-1", "rouge-2", "rouge-l", "bleu-4", "n", "empty"]
+    assert list(result) == ["rouge-1", "rouge-2", "rouge-l", "bleu-4", "attribute_recall", "distinct", "n", "empty"]
     assert (result["n"], result["empty"]) == (len(rows), 1)
     assert json.loads(output.read_text(encoding="utf-8")) == result
     for chatter in ("Building prefix dict", "Loading model cost", "Dumping model"):
@@ -244,3 +283,15 @@ def test_cli_missing_file_exits_2(tmp_path: Path) -> None:
     assert f"{tmp_path / 'nope.jsonl'}: expected a readable file" in proc.stderr
     assert "Traceback" not in proc.stderr
 
+
+
+def test_cli_scores_attribute_recall_when_rows_carry_their_prompt(tmp_path: Path) -> None:
+    rows = [{"prompt": "类型#裙*颜色#红色", "prediction": "红色的裙子", "reference": "红裙"},
+            {"prompt": "类型#裤*颜色#蓝色", "prediction": "一条裤子", "reference": "蓝裤"}]
+    path = _write_jsonl(tmp_path / "p.jsonl", [json.dumps(row, ensure_ascii=False) for row in rows])
+    with_prompts = json.loads(_run_cli("--predictions", path).stdout)
+    assert with_prompts["attribute_recall"] == pytest.approx(75.0) and with_prompts["distinct"] == 100.0
+    for row in rows:
+        del row["prompt"]
+    path = _write_jsonl(tmp_path / "q.jsonl", [json.dumps(row, ensure_ascii=False) for row in rows])
+    assert json.loads(_run_cli("--predictions", path).stdout)["attribute_recall"] is None
