@@ -26,6 +26,7 @@ import os
 import platform
 import random
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,8 +43,10 @@ from transformers import (
 )
 
 from ptuning.masks import build_attention_mask
+from sft.cli import run_command
 from sft.data import IGNORE_INDEX
 from sft.embedded import DEFAULT_MODEL_DIR
+from sft.errors import UserError
 from tools import corpus
 
 logger = logging.getLogger(__name__)
@@ -108,22 +111,31 @@ class PretrainArguments:
     max_position_embeddings: int = field(default=1024, metadata={"help": "Longest supported sequence."})
 
 
+POSITIVE_INTS = ("batch_size", "max_steps", "num_threads", "log_every", "hidden_size", "num_hidden_layers",
+                 "num_attention_heads", "num_key_value_heads", "head_dim", "intermediate_size")
+
+
 def validate_args(args: PretrainArguments) -> None:
-    """Raise one ``ValueError`` listing every bad flag."""
-    problems = []
+    """Raise one one-line ``ValueError`` naming every bad flag, what it expected and what it found."""
+    problems = [f"--{name}: expected a positive integer, found {getattr(args, name)}"
+                for name in POSITIVE_INTS if getattr(args, name) < 1]
     if args.objective not in OBJECTIVES:
         problems.append(f"--objective: expected one of {', '.join(OBJECTIVES)}, found {args.objective!r}")
     for name in ("prefix_lm_share", "max_prefix_fraction", "heldout_fraction", "ad_copy_weight"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             problems.append(f"--{name}: expected a value in [0, 1], found {getattr(args, name)}")
-    if args.seq_len < 2 or args.seq_len > args.max_position_embeddings:
-        problems.append(f"--seq_len: expected 2..{args.max_position_embeddings}, found {args.seq_len}")
-    if args.num_attention_heads % args.num_key_value_heads:
-        problems.append("--num_key_value_heads must divide --num_attention_heads")
+    if not 2 <= args.seq_len <= args.max_position_embeddings:
+        problems.append(f"--seq_len: expected 2..{args.max_position_embeddings} (--max_position_embeddings), "
+                        f"found {args.seq_len}")
+    if args.num_key_value_heads > 0 and args.num_attention_heads % args.num_key_value_heads:
+        problems.append(f"--num_key_value_heads: expected a divisor of --num_attention_heads "
+                        f"{args.num_attention_heads}, found {args.num_key_value_heads}")
     if args.corpus_file and not Path(args.corpus_file).is_file():
-        problems.append(f"--corpus_file: no such file {args.corpus_file}")
+        problems.append(f"--corpus_file: expected a text file, found no file {args.corpus_file}")
+    if not Path(args.tokenizer_dir).is_dir():
+        problems.append(f"--tokenizer_dir: expected a tokenizer directory, found no directory {args.tokenizer_dir}")
     if problems:
-        raise ValueError("invalid arguments:\n  " + "\n  ".join(problems))
+        raise ValueError("; ".join(problems))
 
 
 def build_config(args: PretrainArguments, tokenizer: PreTrainedTokenizerBase) -> GlmConfig:
@@ -495,11 +507,15 @@ def machine_description(num_threads: int) -> str:
     return f"{platform.machine()} CPU, {os.cpu_count()} cores, {num_threads} torch threads, torch {torch.__version__}"
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Pretrain, evaluate and save; ``argv`` defaults to the command line (tests pass a list)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+def parse_args(argv: list[str] | None = None) -> PretrainArguments:
+    """The flags, checked (:func:`validate_args`): a ``ValueError`` names every bad one."""
     (args,) = HfArgumentParser(PretrainArguments).parse_args_into_dataclasses(args=argv)
     validate_args(args)
+    return args
+
+
+def pretrain(args: PretrainArguments) -> None:
+    """Pretrain, evaluate and save into ``args.output_dir``."""
     torch.set_num_threads(args.num_threads)
     torch.manual_seed(args.seed)
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_dir)
@@ -507,7 +523,10 @@ def main(argv: list[str] | None = None) -> None:
     train_docs, heldout_docs = split_sources(loaded, args)
     streams = {name: encode_documents(tokenizer, docs) for name, docs in train_docs.items()}
     weights = source_weights({n: len(s) for n, s in streams.items()}, args.ad_copy_weight)
-    data = PackedCorpus(streams, weights, args.seq_len, args.seed)
+    try:
+        data = PackedCorpus(streams, weights, args.seq_len, args.seed)
+    except ValueError as err:  # a corpus shorter than one row: the user's file or --seq_len
+        raise UserError(str(err)) from None
     config = build_config(args, tokenizer)
     model = GlmForCausalLM(config)
     params = sum(p.numel() for p in model.parameters())
@@ -535,5 +554,11 @@ def main(argv: list[str] | None = None) -> None:
     logger.info("saved model, tokenizer and card to %s", out)
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; ``argv`` defaults to the command line (tests pass a list). Returns the exit status:
+    a bad flag is one ``error: ...`` line and status 2 (:func:`sft.cli.run_command`)."""
+    return run_command(lambda: parse_args(argv), pretrain)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

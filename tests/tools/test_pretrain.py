@@ -1,4 +1,5 @@
-"""tools.pretrain: row masking, split points, flag checks, prefix-LM attention, and a smoke run.
+"""tools.pretrain: row masking, split points, flag checks, one-line user errors, prefix-LM attention, and a
+smoke run.
 
 The tests use a tiny random GLM (2 layers, 32 wide) and a corpus file written here, so they need
 no corpus package; the smoke run calls ``main`` in process with the embedded tokenizer.
@@ -48,10 +49,26 @@ def test_split_points_follow_objective():
     assert 50 < (mixed == 0).sum() < 150
 
 
-def test_validate_args_names_every_bad_flag():
+def test_validate_args_names_every_bad_flag_in_one_line():
     with pytest.raises(ValueError) as err:
-        validate_args(PretrainArguments(objective="mlm", ad_copy_weight=2.0))
-    assert "--objective" in str(err.value) and "--ad_copy_weight" in str(err.value)
+        validate_args(PretrainArguments(objective="mlm", ad_copy_weight=2.0, num_key_value_heads=0))
+    assert str(err.value) == (
+        "--num_key_value_heads: expected a positive integer, found 0; "  # not a ZeroDivisionError
+        "--objective: expected one of causal, prefix_lm, mix, found 'mlm'; "
+        "--ad_copy_weight: expected a value in [0, 1], found 2.0"
+    )
+
+
+def test_corpus_shorter_than_a_row_is_one_error_line(tmp_path, capsys):
+    corpus_file = tmp_path / "corpus.txt"
+    corpus_file.write_text("这款连衣裙\n\n很好看", encoding="utf-8")
+    argv = ["--corpus_file", str(corpus_file), "--output_dir", str(tmp_path / "model"), "--seq_len", "64",
+            "--num_threads", str(torch.get_num_threads())]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "error: corpus too small: no source has 64 tokens (--seq_len)"
+    assert not (tmp_path / "model").exists()
 
 
 def test_prefix_lm_prefix_is_bidirectional_and_blind_to_the_rest():
@@ -89,9 +106,10 @@ def test_pretrain_smoke_run(tmp_path):
     tiny = ["--hidden_size", "32", "--num_hidden_layers", "2", "--num_attention_heads", "4", "--num_key_value_heads", "2",
             "--head_dim", "8", "--intermediate_size", "64", "--max_position_embeddings", "128"]
     # In process; --num_threads is this process's own count, so main's set_num_threads changes nothing.
-    main(["--corpus_file", str(corpus_file), "--output_dir", str(out), "--tokenizer_dir", str(DEFAULT_MODEL_DIR),
-          "--max_steps", "3", "--batch_size", "2", "--seq_len", "32", "--warmup_steps", "1",
-          "--heldout_fraction", "0.1", "--objective", "mix", "--num_threads", str(torch.get_num_threads()), *tiny])
+    argv = ["--corpus_file", str(corpus_file), "--output_dir", str(out), "--tokenizer_dir", str(DEFAULT_MODEL_DIR),
+            "--max_steps", "3", "--batch_size", "2", "--seq_len", "32", "--warmup_steps", "1",
+            "--heldout_fraction", "0.1", "--objective", "mix", "--num_threads", str(torch.get_num_threads()), *tiny]
+    assert main(argv) == 0
     for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json", HELDOUT_FILE, CARD_FILE):
         assert (out / name).is_file(), name
     metrics = json.loads((out / HELDOUT_PPL_FILE).read_text())
