@@ -150,6 +150,7 @@ def run(args: TrainArguments) -> tuple[SFTTrainer, dict]:
     results = {}
     if args.method.eval_base_loss and eval_dataset is not None:
         results["base_dev_loss"] = evaluate_base_loss(model, args.training, collator, eval_dataset, mask)
+    set_seed(args.training.seed)  # the same initial weights with or without the base evaluation before
     model, settings = prepare(model, args, mask)
     results.update(count_parameters(model))
     info = CheckpointInfo.describe(method.name, settings, base=base, base_fingerprint=base_fp, mask=mask,

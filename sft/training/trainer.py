@@ -19,7 +19,7 @@ from sft.data import Example
 from sft.errors import CheckpointError, UserError
 from sft.eval.arguments import GenerationArguments
 from sft.eval.evaluation import evaluate_examples
-from sft.eval.scores import METRIC_KEYS
+from sft.eval.scores import CORPUS_KEYS
 from sft.methods import get_method
 
 logger = logging.getLogger(__name__)
@@ -72,8 +72,8 @@ class SFTTrainer(Trainer):
     the whole model, as the run's method says, plus ``sft_checkpoint.json``.
 
     With ``generation_eval`` set, every evaluation also generates answers for those examples
-    and reports ROUGE-1/2/L and BLEU-4 as ``eval_rouge-1`` ... (usable as
-    ``--metric_for_best_model rouge-l``).
+    and reports ROUGE-1/2/L, BLEU-4, attribute recall and distinct share as ``eval_rouge-1`` ...
+    (usable as ``--metric_for_best_model rouge-l`` or ``attribute_recall``).
     """
 
     def __init__(
@@ -95,7 +95,7 @@ class SFTTrainer(Trainer):
         metrics = super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
         if self.generation_eval is not None and eval_dataset is None:
             scores = self.generation_eval(self.model)
-            scores = {f"{metric_key_prefix}_{k}": v for k, v in scores.items() if k in METRIC_KEYS}
+            scores = {f"{metric_key_prefix}_{k}": v for k, v in scores.items() if k in CORPUS_KEYS and v is not None}
             self.log(scores)
             metrics.update(scores)
         return metrics
