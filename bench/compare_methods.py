@@ -53,6 +53,8 @@ COLUMNS = (  # (header, key in a result row, format)
     ("ROUGE-2", "rouge-2", "{:.2f}"),
     ("ROUGE-L", "rouge-l", "{:.2f}"),
     ("BLEU-4", "bleu-4", "{:.2f}"),
+    ("attr. recall %", "attribute_recall", "{:.1f}"),
+    ("distinct %", "distinct", "{:.0f}"),
 )
 
 
@@ -170,7 +172,7 @@ def compare_one(args: CompareArguments, method: str, extra: list[str]) -> dict:
     row.update({k: trained[k] for k in ("trainable_parameters", "total_parameters", "train_peak_memory_mb",
                                         "train_tokens_per_second", "train_runtime", "eval_loss")})
     row["trainable_percent"] = 100 * row["trainable_parameters"] / row["total_parameters"]
-    row.update({k: scores[k] for k in ("rouge-1", "rouge-2", "rouge-l", "bleu-4")})
+    row.update({k: scores[k] for k in ("rouge-1", "rouge-2", "rouge-l", "bleu-4", "attribute_recall", "distinct")})
     logger.info("%s: %s", method, json.dumps(row))
     return row
 
