@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -42,16 +42,21 @@ class PrefixConfig:
 class PrefixEncoder(nn.Module):
     """Learned per-layer key/value soft prompts.
 
-    Without projection the prefix is an embedding of ``P`` rows of width
-    ``num_layers * 2 * kv_heads * head_dim``; with projection that embedding goes through
+    Without projection the prefix is an embedding of ``P`` rows of width ``kv_size``
+    (:attr:`KVLayout.kv_size`); with projection that embedding goes through
     ``Linear(kv_size, prefix_hidden) -> Tanh -> Linear(prefix_hidden, kv_size)``. Parameter
     names (``embedding.weight``, ``trans.0.*``, ``trans.2.*``) are ChatGLM2's, so its P-tuning
     checkpoints load directly. The encoder is built in fp32 and its output is cast to the
     attention's dtype at use, so a bf16/fp16 base trains an fp32 prefix (cast the base
     *before* attaching: ``model.to(dtype)`` afterwards would cast the encoder too).
 
-    Output of :meth:`forward`: ``(num_layers, 2, num_kv_heads, P, head_dim)`` — keys at
-    index 0 and values at index 1 of dim 1, ready to be put before a layer's keys/values.
+    A row is laid out ``[layer][keys of every kv head | values of every kv head]``, each head's
+    features contiguous. Where keys and values have the same head size this is ChatGLM2's
+    ``[layer][key|value][kv head][head dim]``; multi-head latent attention has keys wider than
+    values, hence two outputs rather than one stacked tensor.
+
+    Output of :meth:`forward`: ``(keys, values)``, ``(num_layers, kv_heads, P, head_dim)`` and
+    ``(num_layers, kv_heads, P, value_head_dim)``, ready to be put before a layer's keys/values.
     """
 
     def __init__(self, config: PrefixConfig):
@@ -68,15 +73,18 @@ class PrefixEncoder(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.float()
 
-    def forward(self) -> torch.Tensor:
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         layout = self.config.layout
         prefix = self.embedding.weight  # (P, kv_size)
         if self.config.prefix_projection:
             prefix = self.trans(prefix)
         prefix = self.dropout(prefix)
-        # kv_size is laid out as [layer][key|value][kv head][head dim], as in ChatGLM2.
-        prefix = prefix.view(self.config.pre_seq_len, layout.num_layers, 2, layout.num_kv_heads, layout.head_dim)
-        return prefix.permute(1, 2, 3, 0, 4)  # (L, 2, kv_heads, P, head_dim)
+        # kv_size is laid out as [layer][keys of all kv heads | values of all kv heads].
+        prefix = prefix.view(self.config.pre_seq_len, layout.num_layers, layout.key_size + layout.value_size)
+        keys, values = prefix.split([layout.key_size, layout.value_size], dim=-1)
+        keys = keys.reshape(self.config.pre_seq_len, layout.num_layers, layout.num_kv_heads, layout.head_dim)
+        values = values.reshape(self.config.pre_seq_len, layout.num_layers, layout.num_kv_heads, layout.value_head_dim)
+        return keys.permute(1, 2, 0, 3), values.permute(1, 2, 0, 3)  # (L, kv_heads, P, head_dim), (..., value_head_dim)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -10,19 +10,32 @@ in the KV cache:
   which survives gradient checkpointing (transformers drops ``past_key_values`` under
   checkpointing, which is where peft's prefix tuning breaks);
 * any attention backend works: the wrapper registered under ``ptuning_<backend>`` adds the
-  prefix and then calls the backend itself (``sdpa``, ``eager``, ...).
+  prefix and then calls the backend itself (``sdpa``, ``eager``, ...);
+* the prefix meets keys and values as attention computes with them, whatever the cache keeps:
+  multi-head latent attention (``glm4_moe_lite``, ``glm_moe_dsa``) caches a compressed latent,
+  where a cache-borne prefix (peft's way) would have to live; here it is per-head keys and
+  values like any other model's, with keys wider than values (:mod:`ptuning.layout`).
 
-A forward pre-hook on the model builds, for every call, the additive 4-D mask (causal or
-prefix-LM, prefix columns included), the position ids from the padding mask, and the
-prefix. Everything else (the loss, ``generate()``) stays transformers' own.
+A forward pre-hook on the model builds, for every call, the additive 4-D mask over the real
+tokens (causal or prefix-LM), the position ids from the padding mask, and the prefix. Each
+layer's wrapper widens that mask by ``P`` always-visible columns as it prepends the prefix, so
+whatever the model itself does with the mask first sees real tokens only. Everything else (the
+loss, ``generate()``) stays transformers' own.
+
+DeepSeek sparse attention (``glm_moe_dsa``, GLM-5) lets an indexer pick the top-k keys each
+query attends to. The indexer scores keys from the tokens' hidden states, which a virtual token
+does not have, so it selects among real tokens exactly as without a prefix, and the prefix keys
+are always attended, as in dense attention. transformers applies that selection to the mask
+itself only for backends named ``eager`` and ``sdpa``; under ``ptuning_<backend>`` it hands the
+indices on (meant for a sparse kernel), so the wrapper applies them (eager and sdpa backends only).
 
 transformers renames what it passes to ``forward`` (5.24 passes the cache as ``cache=``, no
 longer ``past_key_values=``), so nothing here depends on such names: the cache is found by
-its type, and two checks turn a silent failure into a loud one. Every layer's attention
-checks that its keys span exactly the tokens the hook counted (a cache the hook did not see
-would make the prefix-LM bound and the positions wrong), and the first forward after
-attaching checks that the attention of every layer received the prefix (one that did not
-would get no gradient, or be dropped by ``generate()``).
+its type, and checks turn a silent failure into a loud one. Every layer's attention checks
+that its keys span exactly the tokens the hook counted (a cache the hook did not see would make
+the prefix-LM bound and the positions wrong) and that they have the heads and head sizes the
+prefix was built for, and the first forward after attaching checks that the attention of every
+layer received the prefix (one that did not would get no gradient, or be dropped by ``generate()``).
 """
 
 from __future__ import annotations
@@ -43,6 +56,7 @@ from .layout import kv_layout
 from .masks import build_attention_mask, prompt_length_from_labels
 
 INJECTION_KWARG = "ptuning_injection"
+SPARSE_INDICES_KWARG = "indices"  # how transformers' glm_moe_dsa hands its attention the indexer's top-k
 _WRAPPED = "ptuning_"
 
 
@@ -54,7 +68,7 @@ class InjectionError(RuntimeError):
 class LayerInputs:
     """What one forward hands each layer's attention, through transformers' attention kwargs."""
 
-    prefix: torch.Tensor | None  # (L, 2, kv_heads, P, head_dim), or None for a mask-only hook
+    prefix: tuple[torch.Tensor, torch.Tensor] | None  # PrefixEncoder's (keys, values), or None for a mask-only hook
     key_length: int  # cached + new tokens: what every layer's keys must span
     reached: set[int] = field(default_factory=set)  # layer indices whose attention ran through the wrapper
 
@@ -77,8 +91,8 @@ def _unsupported(model_class: str, what: str) -> str:
 def _prefixed_attention(module, query, key, value, attention_mask, *, backend: str, **kwargs):
     """Attention with the layer's soft prompt put before its keys and values.
 
-    ``query`` is ``(B, heads, T, head_dim)``; ``key``/``value`` ``(B, kv_heads, K, head_dim)``;
-    the prefix for all layers is ``(L, 2, kv_heads, P, head_dim)``.
+    ``query`` is ``(B, heads, T, head_dim)``; ``key`` ``(B, kv_heads, K, head_dim)``; ``value``
+    ``(B, kv_heads, K, value_head_dim)``; ``attention_mask`` ``(B, 1, T, K)`` over real tokens.
     """
     inputs: LayerInputs | None = kwargs.pop(INJECTION_KWARG, None)
     model_class = type(module).__name__
@@ -91,14 +105,63 @@ def _prefixed_attention(module, query, key, value, attention_mask, *, backend: s
             f"{inputs.key_length} tokens (a KV cache passed under a name or type the hook does not know)",
         ))
     inputs.reached.add(module.layer_idx)
+    attention_mask = _select_sparse_keys(module, attention_mask, kwargs, backend)
     if inputs.prefix is not None:
-        layer_prefix = inputs.prefix[module.layer_idx].to(key.dtype)  # (2, kv_heads, P, head_dim)
-        batch = key.shape[0]
-        prefix_key = layer_prefix[0].unsqueeze(0).expand(batch, -1, -1, -1)
-        prefix_value = layer_prefix[1].unsqueeze(0).expand(batch, -1, -1, -1)
-        key = torch.cat([prefix_key, key], dim=2)  # (B, kv_heads, P + K, head_dim)
-        value = torch.cat([prefix_value, value], dim=2)
+        key, value, attention_mask = _prepend_prefix(module, inputs.prefix, key, value, attention_mask)
     return _backend_attention(module, backend)(module, query, key, value, attention_mask, **kwargs)
+
+
+def _prepend_prefix(module, prefix, key, value, attention_mask):
+    """``key``/``value`` with this layer's ``P`` prefix rows first; the mask widened by ``P`` visible columns."""
+    layer = module.layer_idx
+    prefix_key = prefix[0][layer]  # (kv_heads, P, head_dim)
+    prefix_value = prefix[1][layer]  # (kv_heads, P, value_head_dim)
+    found = (key.shape[1], key.shape[-1], value.shape[-1])
+    expected = (prefix_key.shape[0], prefix_key.shape[-1], prefix_value.shape[-1])
+    if found != expected:
+        raise InjectionError(_unsupported(
+            type(module).__name__,
+            f"layer {layer}'s attention has {found[0]} key/value heads of key size {found[1]} and value size "
+            f"{found[2]}, where the prefix layout read from the config has {expected[0]}, {expected[1]} and "
+            f"{expected[2]}",
+        ))
+    if attention_mask is None:
+        raise InjectionError(_unsupported(type(module).__name__, f"layer {layer}'s attention received no mask"))
+    batch, num_virtual = key.shape[0], prefix_key.shape[1]
+    key = torch.cat([prefix_key.to(key.dtype).expand(batch, -1, -1, -1), key], dim=2)  # (B, kv_heads, P + K, head_dim)
+    value = torch.cat([prefix_value.to(value.dtype).expand(batch, -1, -1, -1), value], dim=2)
+    visible_shape = (*attention_mask.shape[:-1], num_virtual)  # (B, 1, T, P)
+    if attention_mask.dtype == torch.bool:
+        visible = attention_mask.new_ones(visible_shape)
+    else:
+        visible = attention_mask.new_zeros(visible_shape)
+    return key, value, torch.cat([visible, attention_mask], dim=-1)  # mask (B, 1, T, P + K)
+
+
+def _select_sparse_keys(module, attention_mask, kwargs: dict, backend: str):
+    """DeepSeek sparse attention: mask every real key its indexer did not select (see the module docstring).
+
+    The indices are ``(B, T, topk)`` positions among the real keys, passed as ``indices``.
+    """
+    indices = kwargs.pop(SPARSE_INDICES_KWARG, None)
+    if indices is None:
+        if getattr(getattr(module, "config", None), "index_topk", None) is not None:
+            raise InjectionError(_unsupported(
+                type(module).__name__,
+                f"layer {module.layer_idx} uses DeepSeek sparse attention but passed its attention no top-k "
+                f"key indices under {SPARSE_INDICES_KWARG!r}",
+            ))
+        return attention_mask
+    if backend not in ("eager", "sdpa"):
+        raise InjectionError(_unsupported(
+            type(module).__name__,
+            f"DeepSeek sparse attention runs with P-tuning's mask on eager or sdpa attention, found {backend!r}",
+        ))
+    unselected = torch.ones(*indices.shape[:2], attention_mask.shape[-1], dtype=torch.bool, device=indices.device)
+    unselected = unselected.scatter(-1, indices.long(), False).unsqueeze(1)  # (B, 1, T, K)
+    if attention_mask.dtype == torch.bool:
+        return attention_mask & ~unselected
+    return attention_mask.masked_fill(unselected, torch.finfo(attention_mask.dtype).min)
 
 
 def _wrap_attention(model: nn.Module) -> str:
@@ -127,10 +190,6 @@ class PrefixHook:
     handles: list[torch.utils.hooks.RemovableHandle] = field(default_factory=list)
     verified: bool = False  # a forward has shown that every layer receives the injection
     current: LayerInputs | None = None
-
-    @property
-    def num_virtual_tokens(self) -> int:
-        return self.encoder.config.pre_seq_len if self.encoder is not None else 0
 
     def remove(self) -> None:
         for handle in self.handles:
@@ -192,7 +251,7 @@ def find_cache(kwargs: dict) -> Cache | None:
 
 
 def _prepare_kwargs(hook: PrefixHook, kwargs: dict) -> dict:
-    """Replace the 2-D padding mask by the full 4-D mask; add positions and the prefix."""
+    """Replace the 2-D padding mask by the 4-D mask over real tokens; add positions and the prefix."""
     tokens = kwargs.get("input_ids")
     if tokens is None:
         tokens = kwargs["inputs_embeds"][..., 0]
@@ -212,13 +271,9 @@ def _prepare_kwargs(hook: PrefixHook, kwargs: dict) -> dict:
         # Real tokens count from 0 whatever the left padding or the prefix length.
         kwargs["position_ids"] = (padding.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
     bidirectional = _bidirectional_length(hook.mask_type, kwargs.get("labels"), past, past + length, batch, device)
+    # Real tokens only: each layer's wrapper adds the prefix columns (after any model-specific masking).
     kwargs["attention_mask"] = build_attention_mask(
-        padding,
-        length,
-        mask_type=hook.mask_type,
-        bidirectional_length=bidirectional,
-        num_virtual_tokens=hook.num_virtual_tokens,
-        dtype=hook.model.dtype,
+        padding, length, mask_type=hook.mask_type, bidirectional_length=bidirectional, dtype=hook.model.dtype
     )
     prefix = hook.encoder() if hook.encoder is not None else None
     hook.current = kwargs[INJECTION_KWARG] = LayerInputs(prefix=prefix, key_length=past + length)
@@ -228,9 +283,10 @@ def _prepare_kwargs(hook: PrefixHook, kwargs: dict) -> dict:
 def attach_prefix(model: nn.Module, encoder: PrefixEncoder | None, mask_type: str = "causal") -> PrefixHook:
     """Make every forward of ``model`` use ``encoder``'s soft prompts and ``mask_type``.
 
-    ``model`` is a transformers causal LM (``GlmForCausalLM``, ``Glm4ForCausalLM``, Llama-like)
-    whose attention goes through transformers' attention interface. ``encoder`` may be
-    ``None`` to apply only the mask (a base model run with prefix-LM masking). The encoder
+    ``model`` is a transformers causal LM whose attention goes through transformers' attention
+    interface: every GLM family (``glm``, ``glm4``, ``glm4_moe``, ``glm4_moe_lite``,
+    ``glm_moe_dsa``) and Llama-like models. ``encoder`` may be ``None`` to apply only the mask
+    (a base model run with prefix-LM masking, or under LoRA and full fine-tuning). The encoder
     becomes the submodule ``model.prefix_encoder``; the caller decides what is trainable.
     Raises :class:`InjectionError` at once (or at the first forward, while the weights are not
     materialized) if the attention of some layer does not run with the injection.

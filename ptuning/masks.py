@@ -1,6 +1,6 @@
-"""Attention masks for causal and prefix-LM decoding, with room for soft-prompt columns.
+"""Attention masks for causal and prefix-LM decoding.
 
-Both masks are built as one additive float tensor ``(B, 1, T, P + K)`` (0 where a query may
+Both masks are built as one additive float tensor ``(B, 1, T, K)`` (0 where a query may
 attend, the dtype's minimum where it may not). The additive form is read the same way by
 transformers' ``sdpa`` and ``eager`` attention; ``eager`` mis-reads boolean 4-D masks.
 
@@ -9,8 +9,9 @@ transformers' ``sdpa`` and ``eager`` attention; ``eager`` mis-reads boolean 4-D 
   prompt) attend to each other in both directions; later tokens (the answer) attend
   causally to everything before them.
 
-Soft-prompt columns come first and are visible to every query: P-Tuning v2 prefixes are
-keys and values only, so they never attend to anything themselves.
+The mask covers real tokens only. :mod:`ptuning.injection` puts the ``P`` soft-prompt columns
+before them inside each layer's attention, visible to every query: P-Tuning v2 prefixes are keys
+and values only, so they never attend to anything themselves.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ def build_attention_mask(
     *,
     mask_type: str = "causal",
     bidirectional_length: torch.Tensor | None = None,
-    num_virtual_tokens: int = 0,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Return the additive 4-D attention mask for one forward pass.
@@ -39,11 +39,10 @@ def build_attention_mask(
         bidirectional_length: ``(B,)`` for ``prefix_lm``: positions ``< bidirectional_length[b]``
             (counted over all ``K`` positions, padding included) form the bidirectional prompt.
             ``0`` gives a plain causal row.
-        num_virtual_tokens: ``P``, soft-prompt columns prepended (always visible).
         dtype: dtype of the returned mask (the attention's compute dtype).
 
     Returns:
-        ``(B, 1, T, P + K)`` additive mask.
+        ``(B, 1, T, K)`` additive mask.
     """
     if mask_type not in MASK_TYPES:
         raise ValueError(f"--mask: expected one of {', '.join(MASK_TYPES)}, found {mask_type!r}")
@@ -61,12 +60,9 @@ def build_attention_mask(
         in_prompt = (query_pos[None, :, None] < bound) & (key_pos[None, None, :] < bound)
         allowed = allowed | in_prompt
     allowed = allowed & padding_mask.bool()[:, None, :]  # padded keys are never visible
-    if num_virtual_tokens:
-        prefix = torch.ones(batch, query_length, num_virtual_tokens, dtype=torch.bool, device=device)
-        allowed = torch.cat([prefix, allowed], dim=-1)  # (B, T, P + K)
     mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-    return mask[:, None]  # (B, 1, T, P + K)
+    return mask[:, None]  # (B, 1, T, K)
 
 
 def prompt_length_from_labels(labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:

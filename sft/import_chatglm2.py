@@ -6,7 +6,9 @@ ChatGLM2's ``ptuning/main.py`` saves ``pytorch_model.bin`` holding only
 ``transformer.prefix_encoder.*``. Its tensors are read with ``weights_only=True`` (no code
 from the file runs), their shapes decide ``pre_seq_len`` and the projection, the base model's
 config must match their width, and the result is a normal checkpoint directory that
-``sft.evaluate`` and ``sft.infer`` load like any other.
+``sft.evaluate`` and ``sft.infer`` load like any other. The base must already be a transformers
+model directory; ``python -m sft.convert --ptuning_checkpoint`` converts a THUDM base and its
+prefix in one run through :func:`import_prefix`.
 """
 
 from __future__ import annotations
@@ -59,34 +61,48 @@ def prefix_config_for(state: dict, model, mask: str):
 
 
 def run(args: ImportArguments) -> Path:
-    from ptuning.checkpoint import PrefixCheckpointError, check_state_dict, read_chatglm2_prefix
-    from sft.checkpoint import CheckpointInfo, save_checkpoint
+    from ptuning.checkpoint import PrefixCheckpointError, read_chatglm2_prefix
     from sft.errors import CheckpointError
-    from sft.methods.ptuning import attach_encoder
-    from sft.models import fingerprint, load_base_model, resolve_dtype, resolve_model_path
+    from sft.models import resolve_model_path
 
     try:
         state = read_chatglm2_prefix(args.source)
     except PrefixCheckpointError as err:
         raise CheckpointError(str(err)) from None
-    if "embedding.weight" not in state:
-        raise CheckpointError(f"{args.source}: expected transformer.prefix_encoder.embedding.weight, found none")
     base = resolve_model_path(args.model_name_or_path)
-    model = load_base_model(base, resolve_dtype("float32"))
+    return import_prefix(state, args.source, base, args.output_dir, mask=args.mask, template=args.template)
+
+
+def import_prefix(state: dict, source: str, base: Path, output_dir: str | Path, *, mask: str, template: str) -> Path:
+    """Write prefix-encoder tensors (``ptuning``'s names, as :func:`ptuning.checkpoint.read_chatglm2_prefix`
+    returns them) read from ``source`` as a P-tuning checkpoint on the model directory ``base``.
+
+    The base is loaded only to fingerprint it and to size the encoder: in bf16, which halves the memory
+    of a 6B model and gives the same fingerprint (:func:`sft.models.fingerprint` rounds to bf16).
+    """
+    from ptuning.checkpoint import PrefixCheckpointError, check_state_dict
+    from sft.checkpoint import CheckpointInfo, save_checkpoint
+    from sft.errors import CheckpointError
+    from sft.methods.ptuning import attach_encoder
+    from sft.models import fingerprint, load_base_model, resolve_dtype
+
+    if "embedding.weight" not in state:
+        raise CheckpointError(f"{source}: expected transformer.prefix_encoder.embedding.weight, found none")
+    model = load_base_model(base, resolve_dtype("bfloat16"))
     base_fp = fingerprint(model)
-    config = prefix_config_for(state, model, args.mask)
+    config = prefix_config_for(state, model, mask)
     encoder = attach_encoder(model, config)
     try:
-        check_state_dict(encoder, state, args.source)
+        check_state_dict(encoder, state, source)
     except PrefixCheckpointError as err:
         raise CheckpointError(str(err)) from None
     encoder.load_state_dict({k: v.float() for k, v in state.items()})
-    data = {"max_source_length": 64, "max_target_length": 128, "imported_from": str(Path(args.source).resolve())}
-    info = CheckpointInfo.describe("ptuning", config.to_dict(), base=base, base_fingerprint=base_fp, mask=args.mask,
-                                   template=args.template, dtype="float32", data=data)
-    save_checkpoint(model, info, args.output_dir)
-    logger.info("imported %s (pre_seq_len %d) into %s", args.source, config.pre_seq_len, args.output_dir)
-    return Path(args.output_dir)
+    data = {"max_source_length": 64, "max_target_length": 128, "imported_from": str(Path(source).resolve())}
+    info = CheckpointInfo.describe("ptuning", config.to_dict(), base=base, base_fingerprint=base_fp, mask=mask,
+                                   template=template, dtype="float32", data=data)
+    save_checkpoint(model, info, output_dir)
+    logger.info("imported %s (pre_seq_len %d) into %s", source, config.pre_seq_len, output_dir)
+    return Path(output_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

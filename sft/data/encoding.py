@@ -1,10 +1,16 @@
 """From rendered examples to ``input_ids``/``labels``, datasets and padded batches.
 
-Every segment of an :class:`~sft.data.formats.Example` is tokenized on its own with
-``add_special_tokens=False`` (the template owns special tokens) and the pieces are joined, so
-no token can straddle the prompt/answer boundary and labels are set by position: a token is a
-label exactly when its segment is supervised. Token values never decide masking (ChatGLM2's
-script masked every token equal to the pad id, unk included).
+The segments of an :class:`~sft.data.formats.Example` are encoded in order and the ids joined:
+a special segment is its token's id; a text segment is tokenized with
+``add_special_tokens=False`` (the template owns special tokens), together with the ``joined``
+segments after it as one string, exactly as the model family tokenizes its prompt (see
+:mod:`sft.data.templates`). Supervised and unsupervised text are never tokenized together, and the
+final answer is always tokenized on its own, so no token can straddle the prompt/answer boundary
+and labels are set by position: a token is a label exactly when its segment is supervised. Token
+values never decide masking (ChatGLM2's script masked every token equal to the pad id, unk
+included). Inside one string, a token belongs to the segment where the tokens of the text before
+that segment, tokenized alone, stop matching: a token across a segment border counts as the later
+segment's (for ``keep``, the answer cue's).
 
 Lengths:
 
@@ -28,6 +34,7 @@ import torch
 from sft.data.arguments import DataArguments
 from sft.data.formats import Example, load_examples
 from sft.data.templates import Segment
+from sft.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -60,13 +67,51 @@ def pad_id(tokenizer: Any) -> int:
     return int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else eos_id(tokenizer)
 
 
+def _special_id(tokenizer: Any, token: str) -> int:
+    """The id of a template's special token; a tokenizer without it has another model's vocabulary."""
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if token_id is None or (token_id == unk and token != getattr(tokenizer, "unk_token", None)):
+        raise UserError(f"--template: expected the tokenizer to have the template's special token {token}, "
+                        "found none (use the template of the model's family)")
+    return int(token_id)
+
+
+def _runs(segments: Sequence[Segment]) -> list[list[Segment]]:
+    """Segments grouped into what is encoded at once: a special token, or a text and its ``joined`` followers."""
+    runs: list[list[Segment]] = []
+    for segment in segments:
+        if segment.joined and runs and not runs[-1][0].special:
+            assert segment.supervised == runs[-1][0].supervised, "joined text must share supervision"
+            runs[-1].append(segment)
+        else:
+            runs.append([segment])
+    return runs
+
+
+def _encode_run(run: list[Segment], tokenizer: Any) -> list[list[int]]:
+    """The ids of each segment of a run: the run's text is tokenized once and split where its
+    prefixes, tokenized alone, stop matching."""
+    if run[0].special:
+        return [[_special_id(tokenizer, run[0].text)]]
+    ids = _ids(tokenizer, "".join(segment.text for segment in run))
+    starts, text = [0], ""
+    for segment in run[:-1]:
+        text += segment.text
+        alone = _ids(tokenizer, text)
+        shared = next((i for i, (a, b) in enumerate(zip(ids, alone)) if a != b), min(len(ids), len(alone)))
+        starts.append(max(starts[-1], shared))
+    starts.append(len(ids))
+    return [ids[start:end] for start, end in zip(starts, starts[1:])]
+
+
 def _encode_segments(segments: Sequence[Segment], tokenizer: Any) -> _Tokens:
     tokens = _Tokens()
-    for segment in segments:
-        ids = _ids(tokenizer, segment.text)
-        tokens.ids += ids
-        tokens.labels += ids if segment.supervised else [IGNORE_INDEX] * len(ids)
-        tokens.keep += [segment.keep] * len(ids)
+    for run in _runs(segments):
+        for segment, ids in zip(run, _encode_run(run, tokenizer)):
+            tokens.ids += ids
+            tokens.labels += ids if segment.supervised else [IGNORE_INDEX] * len(ids)
+            tokens.keep += [segment.keep] * len(ids)
     return tokens
 
 

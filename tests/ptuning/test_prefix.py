@@ -450,7 +450,7 @@ def test_encoder_output_layout():
     encoder = PrefixEncoder(PrefixConfig(P, layout))
     with torch.no_grad():
         encoder.embedding.weight.copy_(torch.arange(P * layout.kv_size, dtype=torch.float32).view(P, layout.kv_size))
-    out = encoder()
+    out = torch.stack(encoder(), dim=1)  # keys and values alike: ChatGLM2's (L, 2, kv_heads, P, head_dim)
     assert out.shape == (layout.num_layers, 2, layout.num_kv_heads, P, layout.head_dim)
     weight = encoder.embedding.weight
     for layer in range(layout.num_layers):
@@ -477,11 +477,11 @@ def test_encoder_dropout_only_in_train_mode():
     encoder = PrefixEncoder(PrefixConfig(P, kv_layout(tiny_config()), dropout=0.5))
     torch.nn.init.normal_(encoder.embedding.weight, std=1.0)
     encoder.eval()
-    clean = encoder()
-    assert torch.equal(clean, encoder())  # deterministic
+    clean = torch.stack(encoder(), dim=1)  # (L, 2, kv_heads, P, head_dim)
+    assert torch.equal(clean, torch.stack(encoder(), dim=1))  # deterministic
     assert torch.equal(clean.permute(3, 0, 1, 2, 4).flatten(1), encoder.embedding.weight)  # nothing dropped
     encoder.train()
-    dropped = encoder()
+    dropped = torch.stack(encoder(), dim=1)
     zeroed = dropped == 0
     assert 0 < zeroed.float().mean() < 1
     assert torch.allclose(dropped[~zeroed], 2 * clean[~zeroed])

@@ -77,7 +77,7 @@ HELP: dict[str, tuple[Callable, list[str], str]] = {
     "metrics": (sft.metrics.main, ["--help"], "--predictions"),
     "data": (data_check.main, ["--help"], "--train_file"),
     "data check": (data_check.main, ["check", "--help"], "--skip_bad_rows"),
-    "pretrain": (tools.pretrain.main, ["--help"], "--ad_copy_weight"),
+    "pretrain": (tools.pretrain.main, ["--help"], "--prefix_lm_share"),
 }
 
 
