@@ -17,6 +17,7 @@ import pytest
 
 import sft.cli
 import sft.evaluate
+import sft.convert
 import sft.export
 import sft.import_chatglm2
 import sft.infer
@@ -49,6 +50,11 @@ MISTAKES: dict[str, tuple[Callable, Callable[[Path], list[str]], str]] = {
                      str(tmp / "out")],
         "missing: expected a ChatGLM2 P-tuning checkpoint file, found none",
     ),
+    "convert": (
+        sft.convert.main,
+        lambda tmp: ["--source", str(tmp / "missing"), "--output_dir", str(tmp / "out")],
+        "error: --source: expected a THUDM checkpoint directory with config.json, found none in",
+    ),
     "metrics": (
         sft.metrics.main,
         lambda tmp: ["--predictions", str(tmp / "missing.jsonl")],
@@ -74,6 +80,7 @@ HELP: dict[str, tuple[Callable, list[str], str]] = {
     "infer": (sft.infer.main, ["--help"], "--prompt"),
     "export": (sft.export.main, ["--help"], "--checkpoint"),
     "import_chatglm2": (sft.import_chatglm2.main, ["--help"], "--source"),
+    "convert": (sft.convert.main, ["--help"], "--ptuning_checkpoint"),
     "metrics": (sft.metrics.main, ["--help"], "--predictions"),
     "data": (data_check.main, ["--help"], "--train_file"),
     "data check": (data_check.main, ["check", "--help"], "--skip_bad_rows"),
