@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,14 +95,20 @@ def convert(args: ConvertArguments) -> Path:
     family = detect_family(source, args.family)
     plan = plan_weights(source, config)
     prefix = read_ptuning_prefix(args, plan, config)  # before the long part: a bad prefix fails fast
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    logger.info("converting %s (%s, %d layers, %s, %d shards) into %s", source, family, config["num_layers"],
-                plan.dtype, len(plan.shards), out)
-    total = write_weights(plan, out)
-    write_model_files(config, family, plan.dtype, out)
-    if not args.skip_tokenizer:
-        write_tokenizer(source, out, family)
-    if prefix is not None:
+    try:
+        if not args.skip_tokenizer:
+            write_tokenizer(source, out, family)  # quick and the likelier to fail: before the weights
+        logger.info("converting %s (%s, %d layers, %s, %d shards) into %s", source, family, config["num_layers"],
+                    plan.dtype, len(plan.shards), out)
+        total = write_weights(plan, out)
+        write_model_files(config, family, plan.dtype, out)
+    except BaseException:
+        if created:  # no half-written model directory that looks like a whole one
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    if prefix is not None:  # the base is whole now: a failure here leaves it for sft.import_chatglm2
         from sft.import_chatglm2 import import_prefix
 
         state, origin = prefix

@@ -284,3 +284,4 @@ def test_whole_command_with_tokenizer_then_infer(tmp_path, capsys):
     # A wrong --family shows in the tokenizer: ChatGLM3's <|user|> is not at 64795 in this vocabulary.
     assert main(["--source", str(source), "--output_dir", str(tmp_path / "out3"), "--family", "chatglm3"]) == 2
     assert "expected chatglm3 stop token <|user|> at id 64795, found id" in capsys.readouterr().err
+    assert not (tmp_path / "out3").exists()  # refused before the weights, and no half-written directory left
