@@ -45,6 +45,7 @@ def max_diff(logits: torch.Tensor, expected: torch.Tensor) -> float:
 
 @pytest.mark.parametrize(("family", "fmt", "shards", "changes"), [
     pytest.param("chatglm3", "bin", 2, {}, id="chatglm3-bin-2-shards"),
+    pytest.param("chatglm3", "safetensors", 1, {"rope_ratio": 50}, id="chatglm3-32k-safetensors-rope50"),
     pytest.param("glm4", "safetensors", 2, {"rope_ratio": 500}, id="glm4-safetensors-2-shards-rope500"),
     pytest.param("chatglm2", "safetensors", 1, {"rope_ratio": 16, "add_qkv_bias": False},
                  id="chatglm2-32k-safetensors-no-qkv-bias"),
