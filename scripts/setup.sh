@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
-# Create (or reuse) the project virtualenv at .venv and install the project into it.
-# torch is pinned to 2.13.0, which resolves to the CPU wheel on CPU machines; on a GPU machine
-# install the CUDA build of torch 2.13.0 into .venv first (see README) and this keeps it.
+# Create (or reuse) the project virtualenv (.venv, or the directory given) and install the project into
+# it at the versions of requirements.lock, the ones the test suite passed with (scripts/lock.sh writes it).
+# The lock says torch==2.13.0, which the CPU wheel (2.13.0+cpu) and a CUDA build (2.13.0+cu1xx) both
+# satisfy: on a GPU machine install the CUDA build into .venv first (see README) and this keeps it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ ! -x .venv/bin/python ]; then
-  "${PYTHON:-python3}" -m venv .venv
+source scripts/installer.sh
+venv=${1:-.venv}
+if [ ! -x "$venv/bin/python" ]; then
+  "${PYTHON:-python3}" -m venv "$venv"
 fi
-stamp=".venv/.installed-$(cat pyproject.toml | sha1sum | cut -c1-12)"
+stamp="$venv/.installed-$(cat pyproject.toml requirements.lock | sha1sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
-  echo "installing the project into .venv (first run only) ..."
+  echo "installing the project into $venv (first run, or pyproject.toml or requirements.lock changed) ..."
   start=$(date +%s)
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==2.13.0" -e ".[dev]" 2>&1 \
-    | grep -v "^WARNING: Location" || true
-  .venv/bin/python -c "import sft, ptuning, torch, transformers" # fail here, not later, if the install broke
-  rm -f .venv/.installed-*
+  install_into "$venv" -c requirements.lock -e ".[dev]"
+  "$venv/bin/python" -c "import sft, ptuning, torch, transformers" # fail here, not later, if the install broke
+  rm -f "$venv"/.installed-*
   touch "$stamp"
   echo "installed in $(( $(date +%s) - start )) s"
 fi

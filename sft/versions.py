@@ -37,5 +37,6 @@ def check_supported() -> list[str]:
             continue
         if not requirement.specifier.contains(installed, prereleases=True):
             warnings.append(f"warning: {requirement.name} {installed} is outside the tested range "
-                            f"{requirement.specifier} (README, Versions: bash scripts/setup.sh installs the lock)")
+                            f"{requirement.specifier} (README, Versions; the tested set: "
+                            f"pip install -c requirements.lock -e .)")
     return warnings
