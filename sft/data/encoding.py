@@ -1,4 +1,4 @@
-"""From rendered examples to ``input_ids``/``labels``, datasets and padded batches.
+"""From rendered examples to ``input_ids``/``labels``, datasets and padded or packed batches.
 
 The segments of an :class:`~sft.data.formats.Example` are encoded in order and the ids joined:
 a special segment is its token's id; a text segment is tokenized with
@@ -260,3 +260,46 @@ class DataCollator:
                 span = slice(0, len(sequence)) if self.padding_side == "right" else slice(width - len(sequence), width)
                 padded[index, span] = torch.tensor(sequence, dtype=torch.long)
         return padded
+
+
+@dataclass
+class PackingCollator:
+    """Concatenate a batch's encoded rows into one sequence, without padding.
+
+    Returns ``input_ids``, ``labels``, ``position_ids`` (from 0 in each row), ``segment_ids`` (the
+    row of each token) and ``attention_mask`` (all ones, so the Trainer counts real tokens), each
+    ``(1, N)`` with ``N`` the rows' total length. :func:`ptuning.injection.attach_prefix`'s hook
+    confines attention to each row from ``segment_ids``; the model pops nothing else.
+
+    The causal LM loss shifts labels over the whole sequence, so the first label of each row would
+    be predicted from the previous row's last token: it is ``IGNORE_INDEX`` here. In a padded batch
+    the first label of a row is never predicted either (nothing precedes it), and it is a prompt
+    token anyway, so both batches supervise the same (context, token) pairs and the Trainer counts
+    the same items (``labels[..., 1:] != -100``).
+    """
+
+    def __call__(self, rows: Sequence[Mapping[str, Sequence[int]]]) -> dict[str, torch.Tensor]:
+        ids = [token for row in rows for token in row["input_ids"]]
+        lengths = [len(row["input_ids"]) for row in rows]
+        batch = {
+            "input_ids": torch.tensor([ids], dtype=torch.long),  # (1, N)
+            "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
+            "position_ids": torch.cat([torch.arange(length) for length in lengths])[None],
+            "segment_ids": torch.repeat_interleave(torch.arange(len(rows)), torch.tensor(lengths))[None],
+        }
+        if "labels" in rows[0]:
+            labels = [[IGNORE_INDEX, *row["labels"][1:]] if row["labels"] else [] for row in rows]
+            batch["labels"] = torch.tensor([[label for row in labels for label in row]], dtype=torch.long)
+        return batch
+
+
+def unpack(batch: Mapping[str, torch.Tensor], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """A :class:`PackingCollator` batch as the right-padded batch of its rows (``B, T``), which any
+    model runs without the packing hook; other batches are returned as they are."""
+    if "segment_ids" not in batch:
+        return dict(batch)
+    segments = batch["segment_ids"][0]
+    lengths = torch.unique_consecutive(segments, return_counts=True)[1].tolist()
+    rows = [{key: part.tolist() for key, part in zip(("input_ids", "labels"), parts)}
+            for parts in zip(*(batch[key][0].split(lengths) for key in ("input_ids", "labels") if key in batch))]
+    return DataCollator(pad_token_id)(rows)

@@ -9,16 +9,18 @@ checkpoint and a training report. Everything but the method preparation is share
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import transformers
-from transformers import HfArgumentParser, PreTrainedModel, set_seed
+from transformers import HfArgumentParser, PreTrainedModel, TrainerCallback, set_seed
 
 from ptuning.injection import attach_prefix
 from sft.checkpoint import CheckpointInfo
 from sft.data import DataArguments, DataCollator, EncodedDataset, build_dataset
+from sft.data.encoding import PackingCollator
 from sft.eval.arguments import GenerationArguments
 from sft.methods import METHODS, Method, get_method
 from sft.models import base_defaults, fingerprint, load_base_model, load_tokenizer, resolve_dtype, resolve_model_path
@@ -133,8 +135,24 @@ def prepare(model: PreTrainedModel, args: TrainArguments, mask: str) -> tuple[to
     return method.prepare(model, settings, mask), settings
 
 
-def run(args: TrainArguments) -> tuple[SFTTrainer, dict]:
-    """Train as the arguments say; returns the trainer (its model is the trained model) and the metrics."""
+def packing_collator(training_args: SFTTrainingArguments, model: PreTrainedModel) -> PackingCollator | None:
+    """The collator of packed training batches, or ``None`` where batches are padded (``--packing false``, or
+    DeepSeek sparse attention, whose indexer would pick keys across the rows of a packed sequence)."""
+    if not training_args.packing:
+        return None
+    if getattr(model.config.get_text_config(), "index_topk", None) is not None:
+        logger.info("packing: off for %s (sparse attention selects keys across rows); batches are padded",
+                    model.config.model_type)
+        return None
+    logger.info("packing: each training batch's rows concatenated into one sequence, no padding (--packing false: off)")
+    return PackingCollator()
+
+
+def run(args: TrainArguments, callbacks: Sequence[TrainerCallback] = ()) -> tuple[SFTTrainer, dict]:
+    """Train as the arguments say; returns the trainer (its model is the trained model) and the metrics.
+
+    ``callbacks`` are further Trainer callbacks (``bench/train_throughput.py`` times the steps with one).
+    """
     set_seed(args.training.seed)
     method = args.chosen
     base = resolve_model_path(args.model.model_name_or_path)
@@ -147,6 +165,7 @@ def run(args: TrainArguments) -> tuple[SFTTrainer, dict]:
     base_fp = fingerprint(model)
     collator = DataCollator(pad_token_id=tokenizer.pad_token_id, padding_side="right",
                             pad_to_multiple_of=args.data.pad_to_multiple_of)
+    train_collator = packing_collator(args.training, model)
     results = {}
     if args.method.eval_base_loss and eval_dataset is not None:
         results["base_dev_loss"] = evaluate_base_loss(model, args.training, collator, eval_dataset, mask)
@@ -163,8 +182,9 @@ def run(args: TrainArguments) -> tuple[SFTTrainer, dict]:
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         data_collator=collator,
+        train_data_collator=train_collator,
         tokenizer=tokenizer,
         checkpoint_info=info,
-        callbacks=[SaveAtEndCallback()],
+        callbacks=[SaveAtEndCallback(), *callbacks],
     )
     return trainer, train_and_report(trainer, args.training, results)

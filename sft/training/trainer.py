@@ -16,6 +16,7 @@ from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, Trai
 
 from sft.checkpoint import CheckpointInfo, save_checkpoint
 from sft.data import Example
+from sft.data.encoding import IGNORE_INDEX, unpack
 from sft.errors import CheckpointError, UserError
 from sft.eval.arguments import GenerationArguments
 from sft.eval.evaluation import evaluate_examples
@@ -44,6 +45,13 @@ class SFTTrainingArguments(TrainingArguments):
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
     save_steps: float = field(default=500, metadata={"help": "Save a resumable checkpoint every N steps."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep dataset columns (they are all inputs)."})
+    packing: bool = field(
+        default=True,
+        metadata={"help": "Train on packed batches: each batch's rows concatenated into one sequence without padding, "
+                          "attention confined to each row. Exact (the same loss and gradients as padded batches) and "
+                          "faster; false pads every batch to its longest row. Evaluation always pads (and "
+                          "--pad_to_multiple_of applies to padded batches only)."},
+    )
     include_num_input_tokens_seen: str = field(
         default="non_padding",
         metadata={"help": "Count the tokens trained on, for the report's tokens/s: non_padding (prompt and answer), "
@@ -74,6 +82,10 @@ class SFTTrainer(Trainer):
     With ``generation_eval`` set, every evaluation also generates answers for those examples
     and reports ROUGE-1/2/L, BLEU-4, attribute recall and distinct share as ``eval_rouge-1`` ...
     (usable as ``--metric_for_best_model rouge-l`` or ``attribute_recall``).
+
+    With ``train_data_collator`` set (:class:`sft.data.encoding.PackingCollator`), training batches
+    are made by it and evaluation batches by ``data_collator``. Training steps compute logits only
+    where a label is scored (:func:`supervised_logits_only`); evaluation keeps them all.
     """
 
     def __init__(
@@ -82,9 +94,11 @@ class SFTTrainer(Trainer):
         checkpoint_info: CheckpointInfo,
         tokenizer: PreTrainedTokenizerBase | None = None,
         generation_eval: GenerationEval | None = None,
+        train_data_collator=None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        self.train_data_collator = train_data_collator
         self.checkpoint_info = checkpoint_info
         # Saved into full checkpoints. Not the Trainer's processing_class: that would rewrite the model
         # config's special token ids to the tokenizer's before training.
@@ -100,8 +114,21 @@ class SFTTrainer(Trainer):
             metrics.update(scores)
         return metrics
 
+    def get_train_dataloader(self):
+        if self.train_data_collator is None:
+            return super().get_train_dataloader()
+        padding, self.data_collator = self.data_collator, self.train_data_collator  # read when the loader is built
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.data_collator = padding
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        forward = inputs
+        if not return_outputs and "labels" in inputs and self.label_smoother is None and self.compute_loss_func is None:
+            forward = supervised_logits_only(inputs)  # training: nobody reads the logits, only the loss
+        result = super().compute_loss(model, forward, return_outputs=return_outputs,
+                                      num_items_in_batch=num_items_in_batch)
         loss = result[0] if return_outputs else result
         if not torch.isfinite(loss.detach()).all():
             self._stop_on_nonfinite(loss, inputs)
@@ -110,6 +137,8 @@ class SFTTrainer(Trainer):
     def _stop_on_nonfinite(self, loss: torch.Tensor, inputs: dict) -> None:
         out = Path(self.args.output_dir)
         out.mkdir(parents=True, exist_ok=True)
+        # A packed batch is saved as its padded rows, which replay with model(**batch) on any model.
+        inputs = unpack(inputs, getattr(self.data_collator, "pad_token_id", 0))
         tensors = {k: v.detach().cpu().contiguous() for k, v in inputs.items() if isinstance(v, torch.Tensor)}
         save_file(tensors, str(out / NONFINITE_BATCH))
         # The weights are still those of the last good step: keep them.
@@ -163,6 +192,16 @@ class SFTTrainer(Trainer):
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KB on Linux, bytes on macOS
             metrics["train_peak_memory_mb"] = round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)
         return metrics
+
+
+def supervised_logits_only(inputs: dict) -> dict:
+    """``inputs`` whose forward computes logits only where they meet a label: ``logits_to_keep`` the
+    positions ``p`` whose next label ``labels[:, p + 1]`` is supervised in some row, and ``shift_labels``
+    those labels (transformers' causal LM loss then shifts nothing). The loss sums the same
+    (logit, label) pairs; the output layer and the softmax skip prompt and padding positions."""
+    following = inputs["labels"][:, 1:]  # (B, T - 1): what position p predicts
+    keep = (following != IGNORE_INDEX).any(0).nonzero().flatten()  # (K,)
+    return {**inputs, "logits_to_keep": keep, "shift_labels": following[:, keep]}  # shift_labels (B, K)
 
 
 @dataclass

@@ -1,0 +1,168 @@
+"""Packed batches and the attention fast paths, against the padded batch and the dense-mask reference.
+
+A packed batch (``sft.data.encoding.PackingCollator``) concatenates a batch's rows into one
+sequence ``(1, N)``; the hook confines attention to each row. Its loss, logits and gradients must
+equal those of the right-padded batch of the same rows (an independent computation: batched
+attention with a padding mask), and no row may influence another. The fast paths (no mask,
+boolean masks built once, row-by-row attention) must equal the dense float masks the hook used
+before them (``hook.dense``).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from ptuning.injection import attach_prefix
+from sft.data.encoding import IGNORE_INDEX, DataCollator, PackingCollator, unpack
+from tests.ptuning.test_prefix import tiny_encoder, tiny_model
+
+TOL = 1e-5
+MASKS = ("causal", "prefix_lm")
+BACKENDS = ("sdpa", "eager")
+WITH = ("prefix", "mask_only")  # P-tuning; LoRA and full fine-tuning run the mask-only hook
+
+
+def rows(seed: int = 3) -> list[dict]:
+    """Four rows of 9, 4, 12 and 6 tokens; prompts of 5, 2, 7 and 3 tokens (labels -100)."""
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for length, prompt in ((9, 5), (4, 2), (12, 7), (6, 3)):
+        ids = torch.randint(2, 64, (length,), generator=generator).tolist()
+        out.append({"input_ids": ids, "labels": [IGNORE_INDEX] * prompt + ids[prompt:]})
+    return out
+
+
+def attached(backend: str, mask: str, with_prefix: bool):
+    model = tiny_model(backend)
+    encoder = tiny_encoder(model) if with_prefix else None
+    if encoder is None:
+        model.requires_grad_(True)  # full fine-tuning: every weight's gradient is compared
+    return model, attach_prefix(model, encoder, mask)
+
+
+def forward(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """``(loss, logits, gradients of every trainable parameter)``."""
+    model.zero_grad()
+    out = model(**batch)
+    out.loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out.loss.detach(), out.logits.detach(), grads
+
+
+def row_logits(logits: torch.Tensor, batch: dict) -> list[torch.Tensor]:
+    """Each row's ``(t, V)`` logits, from a padded ``(B, T, V)`` or a packed ``(1, N, V)`` batch."""
+    if "segment_ids" in batch:
+        lengths = torch.unique_consecutive(batch["segment_ids"][0], return_counts=True)[1].tolist()
+        return list(logits[0].split(lengths))
+    return [logits[b, : int(n)] for b, n in enumerate(batch["attention_mask"].sum(1))]
+
+
+def assert_grads_close(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys() and a
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=TOL, msg=name)
+
+
+def test_collator_concatenates_rows_with_positions_from_zero():
+    batch = PackingCollator()([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]},
+                               {"input_ids": [8, 9], "labels": [8, 9]}])
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
+    assert batch["segment_ids"].tolist() == [[0, 0, 0, 1, 1]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1]]
+    # A row's first label would be predicted from the previous row's last token: never supervised.
+    assert batch["labels"].tolist() == [[-100, 6, 7, -100, 9]]
+    padded = unpack(batch, pad_token_id=0)
+    assert padded["input_ids"].tolist() == [[5, 6, 7], [8, 9, 0]]
+    assert padded["labels"].tolist() == [[-100, 6, 7], [-100, 9, -100]]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("with_", WITH)
+@pytest.mark.parametrize("mask", MASKS)
+def test_packed_batch_equals_padded_batch(mask, with_, backend):
+    model, _ = attached(backend, mask, with_ == "prefix")
+    model.train()  # no dropout configured: train mode changes nothing but what the Trainer would set
+    padded, packed = DataCollator(pad_token_id=0)(rows()), PackingCollator()(rows())
+    loss_padded, logits_padded, grads_padded = forward(model, padded)
+    loss_packed, logits_packed, grads_packed = forward(model, packed)
+    torch.testing.assert_close(loss_packed, loss_padded, rtol=0, atol=TOL)
+    for a, b in zip(row_logits(logits_packed, packed), row_logits(logits_padded, padded), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=TOL)
+    assert_grads_close(grads_packed, grads_padded)
+    # Guard: the same tokens as one row (no segments) let rows see each other, and the loss differs.
+    joined = {k: v for k, v in packed.items() if k not in ("segment_ids", "position_ids")}
+    assert (model(**joined).loss - loss_padded).abs() > 1e-3
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("with_", WITH)
+@pytest.mark.parametrize("mask", MASKS)
+def test_no_row_of_a_packed_batch_influences_another(mask, with_, backend):
+    model, _ = attached(backend, mask, with_ == "prefix")
+    batch = PackingCollator()(rows())
+    changed = rows()
+    changed[2]["input_ids"] = [(token + 7) % 62 + 2 for token in changed[2]["input_ids"]]  # same length, new tokens
+    other = PackingCollator()(changed)
+    with torch.no_grad():
+        before, after = row_logits(model(**batch).logits, batch), row_logits(model(**other).logits, other)
+    for index, (a, b) in enumerate(zip(before, after)):
+        if index == 2:
+            assert not torch.equal(a, b)  # the perturbation reaches its own row
+        else:
+            assert torch.equal(a, b), index  # bit-identical: row-by-row attention, per-token everything else
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("with_", WITH)
+@pytest.mark.parametrize("mask", MASKS)
+def test_row_by_row_attention_equals_the_dense_block_mask(mask, with_, backend):
+    model, hook = attached(backend, mask, with_ == "prefix")
+    batch = PackingCollator()(rows())
+    fast = forward(model, batch)
+    hook.dense = True
+    dense = forward(model, batch)
+    torch.testing.assert_close(fast[0], dense[0], rtol=0, atol=TOL)
+    torch.testing.assert_close(fast[1], dense[1], rtol=0, atol=TOL)
+    assert_grads_close(fast[2], dense[2])
+
+
+@pytest.mark.parametrize("padding", ["none", "right", "left"])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("with_", WITH)
+@pytest.mark.parametrize("mask", MASKS)
+def test_padded_fast_paths_equal_the_dense_float_mask(mask, with_, backend, padding):
+    """No mask (causal, unpadded, no prefix), shared or per-row boolean masks: as the dense float mask."""
+    model, hook = attached(backend, mask, with_ == "prefix")
+    data = rows() if padding != "none" else [row for row in rows() if len(row["input_ids"]) == 9] * 2
+    batch = DataCollator(pad_token_id=0, padding_side="left" if padding == "left" else "right")(data)
+    fast = forward(model, batch)
+    hook.dense = True
+    dense = forward(model, batch)
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(fast[0], dense[0], rtol=0, atol=TOL)
+    torch.testing.assert_close(fast[1][real], dense[1][real], rtol=0, atol=TOL)
+    assert_grads_close(fast[2], dense[2])
+
+
+def test_packed_prefix_lm_needs_labels_and_a_batch_of_one_row():
+    model, _ = attached("sdpa", "prefix_lm", True)
+    batch = PackingCollator()(rows())
+    del batch["labels"]
+    with pytest.raises(ValueError, match="labels"):
+        model(**batch)
+    doubled = {k: torch.cat([v, v]) for k, v in PackingCollator()(rows()).items()}
+    with pytest.raises(ValueError, match=r"segment_ids of shape \(1, N\)"):
+        model(**doubled)
+
+
+def test_generation_is_unchanged_by_the_fast_paths():
+    model, hook = attached("sdpa", "causal", True)
+    batch = DataCollator(pad_token_id=0, padding_side="left")([{"input_ids": r["input_ids"]} for r in rows()])
+    fast = model.generate(**batch, max_new_tokens=5, do_sample=False, pad_token_id=0)
+    hook.dense = True
+    dense = model.generate(**copy.deepcopy(batch), max_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert torch.equal(fast, dense)
