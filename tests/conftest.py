@@ -20,14 +20,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoTokenizer, GenerationConfig, GlmConfig, GlmForCausalLM
+from transformers import GlmForCausalLM
 
 from ptuning.encoder import PrefixConfig
 from ptuning.layout import kv_layout
 from sft.checkpoint import CheckpointInfo, save_checkpoint
-from sft.embedded import DEFAULT_MODEL_DIR
 from sft.methods.ptuning import attach_encoder
-from sft.models import DEFAULTS_FILE, fingerprint
+from sft.models import fingerprint
+from tests.tiny_models import build_tiny_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,36 +67,6 @@ TINY_DATA = {
     "max_target_length": 64,
     "train_on": "all",
 }
-
-
-def tiny_glm_config(vocab_size: int, tokenizer) -> GlmConfig:
-    return GlmConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        intermediate_size=64,
-        max_position_embeddings=256,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
-    )
-
-
-def build_tiny_model_dir(directory: Path, mask: str = "prefix_lm", seed: int = 0) -> Path:
-    """Save a random tiny GLM, the embedded tokenizer and ``sft_defaults.json`` into ``directory``."""
-    tokenizer = AutoTokenizer.from_pretrained(str(DEFAULT_MODEL_DIR))
-    torch.manual_seed(seed)
-    model = GlmForCausalLM(tiny_glm_config(len(tokenizer), tokenizer))
-    # GLM-4 style: eos, <|user|> and <|observation|> all end a reply.
-    stops = [tokenizer.eos_token_id, *tokenizer.convert_tokens_to_ids(["<|user|>", "<|observation|>"])]
-    model.generation_config = GenerationConfig(eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)
-    model.save_pretrained(str(directory))
-    tokenizer.save_pretrained(str(directory))
-    (directory / DEFAULTS_FILE).write_text(json.dumps({"mask": mask, "template": "chatglm3"}), encoding="utf-8")
-    return directory
 
 
 def build_tiny_ptuning_checkpoint(base_dir: Path, directory: Path, mask: str, seed: int = 1) -> Path:

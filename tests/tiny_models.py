@@ -64,16 +64,20 @@ def tiny_model(arch: str, backend: str = "sdpa", seed: int = 0, **config) -> Pre
     return model
 
 
-def build_tiny_arch_dir(arch: str, directory: Path, mask: str = "causal", seed: int = 0) -> Path:
-    """Save a random tiny ``arch`` model with the embedded tokenizer (plus GLM-4's ``<sop>``), GLM-4's stop
-    ids and ``sft_defaults.json`` (``mask``, template ``glm4``) into ``directory``."""
+def build_tiny_model_dir(
+    directory: Path, arch: str = "glm", mask: str = "prefix_lm", template: str = "chatglm3", seed: int = 0
+) -> Path:
+    """Save a random tiny ``arch`` model, the embedded tokenizer, GLM-4's three stop ids and ``sft_defaults.json``
+    (``mask``, ``template``) into ``directory``. With the ``glm4`` template the tokenizer gains GLM-4's ``<sop>``
+    (the embedded one, ChatGLM3-style, spells it ``sop``); the vocabulary follows the tokenizer."""
     tokenizer = AutoTokenizer.from_pretrained(str(DEFAULT_MODEL_DIR))
-    tokenizer.add_tokens(["<sop>"], special_tokens=True)  # GLM-4's spelling; the embedded (ChatGLM3-style) has "sop"
+    if template == "glm4":
+        tokenizer.add_tokens(["<sop>"], special_tokens=True)
     model = tiny_model(arch, seed=seed, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                        eos_token_id=tokenizer.eos_token_id)
     stops = [tokenizer.eos_token_id, *tokenizer.convert_tokens_to_ids(["<|user|>", "<|observation|>"])]
     model.generation_config = GenerationConfig(eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)
     model.save_pretrained(str(directory))
     tokenizer.save_pretrained(str(directory))
-    (directory / DEFAULTS_FILE).write_text(json.dumps({"mask": mask, "template": "glm4"}), encoding="utf-8")
+    (directory / DEFAULTS_FILE).write_text(json.dumps({"mask": mask, "template": template}), encoding="utf-8")
     return directory

@@ -16,12 +16,14 @@ import pytest
 import torch
 from peft import PrefixTuningConfig, get_peft_model
 import transformers
-from transformers import DynamicCache, GlmConfig, GlmForCausalLM
+from transformers import DynamicCache, GlmForCausalLM
 
 from ptuning import injection
 from ptuning.encoder import PrefixConfig, PrefixEncoder
 from ptuning.injection import INJECTION_KWARG, InjectionError, attach_prefix, find_cache
 from ptuning.layout import kv_layout
+from tests import tiny_models
+from tests.tiny_models import tiny_config
 
 P = 3  # virtual tokens
 TOL = 1e-5  # max abs logit difference allowed in fp32
@@ -30,27 +32,8 @@ BACKENDS = ("sdpa", "eager")
 PADDINGS = ("none", "right", "left")
 
 
-def tiny_config() -> GlmConfig:
-    return GlmConfig(
-        vocab_size=64,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,  # GQA: 2 query heads per kv head
-        head_dim=8,
-        intermediate_size=64,
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=None,
-        max_position_embeddings=128,
-    )
-
-
 def tiny_model(backend: str = "sdpa", seed: int = 0) -> GlmForCausalLM:
-    torch.manual_seed(seed)
-    model = GlmForCausalLM(tiny_config()).eval()
-    model.set_attn_implementation(backend)
-    return model
+    return tiny_models.tiny_model("glm", backend, seed)
 
 
 def tiny_encoder(model, *, projection: bool = False, dropout: float = 0.0, seed: int = 1) -> PrefixEncoder:
@@ -447,7 +430,7 @@ def test_encoder_parameter_counts():
 
 
 def test_encoder_output_layout():
-    layout = kv_layout(tiny_config())
+    layout = kv_layout(tiny_config("glm"))
     encoder = PrefixEncoder(PrefixConfig(P, layout))
     with torch.no_grad():
         encoder.embedding.weight.copy_(torch.arange(P * layout.kv_size, dtype=torch.float32).view(P, layout.kv_size))
@@ -467,7 +450,7 @@ def test_encoder_is_fp32_when_built_under_another_default_dtype():
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
     try:
-        encoder = PrefixEncoder(PrefixConfig(P, kv_layout(tiny_config()), prefix_projection=True))
+        encoder = PrefixEncoder(PrefixConfig(P, kv_layout(tiny_config("glm")), prefix_projection=True))
     finally:
         torch.set_default_dtype(previous)
     assert {param.dtype for param in encoder.parameters()} == {torch.float32}
@@ -475,7 +458,7 @@ def test_encoder_is_fp32_when_built_under_another_default_dtype():
 
 def test_encoder_dropout_only_in_train_mode():
     torch.manual_seed(5)
-    encoder = PrefixEncoder(PrefixConfig(P, kv_layout(tiny_config()), dropout=0.5))
+    encoder = PrefixEncoder(PrefixConfig(P, kv_layout(tiny_config("glm")), dropout=0.5))
     torch.nn.init.normal_(encoder.embedding.weight, std=1.0)
     encoder.eval()
     clean = torch.stack(encoder(), dim=1)  # (L, 2, kv_heads, P, head_dim)

@@ -27,7 +27,7 @@ from sft.eval.generation import generate_token_ids
 from sft.methods.lora import Lora, LoraArguments
 from sft.training import recipe
 from tests.conftest import REPO, run_in_process
-from tests.tiny_models import ARCHITECTURES, MOE, build_tiny_arch_dir, tiny_model
+from tests.tiny_models import ARCHITECTURES, MOE, build_tiny_model_dir, tiny_model
 
 ADGEN = REPO / "data" / "adgen"
 PRE_SEQ_LEN = 4
@@ -46,7 +46,7 @@ def base_dir(tmp_path_factory):
 
     def get(arch: str) -> Path:
         if arch not in built:
-            built[arch] = build_tiny_arch_dir(arch, tmp_path_factory.mktemp(arch))
+            built[arch] = build_tiny_model_dir(tmp_path_factory.mktemp(arch), arch, mask="causal", template="glm4")
         return built[arch]
 
     return get

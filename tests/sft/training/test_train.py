@@ -22,7 +22,8 @@ from sft.eval.scores import METRIC_KEYS
 from sft.methods import ptuning as ptuning_method
 from sft.training import recipe
 from sft.training.trainer import NONFINITE_BATCH, GenerationEval, NonFiniteLossError, SFTTrainer
-from tests.conftest import REPO, build_tiny_model_dir
+from tests.conftest import REPO
+from tests.tiny_models import build_tiny_model_dir
 
 DATA = REPO / "data" / "adgen"
 # What an intermediate checkpoint-N may hold: our checkpoint, and the Trainer's state for resuming.
