@@ -23,7 +23,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[LoadArguments, EvaluateAr
 def run(args: tuple[LoadArguments, EvaluateArguments, GenerationArguments]) -> None:
     from sft.eval.evaluation import evaluate, format_table
 
-    print(format_table(evaluate(*args)))
+    print(format_table({"score": evaluate(*args)}))
 
 
 def main(argv: list[str] | None = None) -> int:

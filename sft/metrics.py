@@ -1,4 +1,5 @@
-"""Score a predictions file as ChatGLM's ptuning scripts do: ``python -m sft.metrics --predictions FILE``.
+"""Score a predictions file as ChatGLM's ptuning scripts do: ``python -m sft.metrics --predictions FILE``;
+or put evaluations side by side: ``python -m sft.metrics --compare base=DIR/metrics.json tuned=...``.
 
 FILE is JSON Lines (or a JSON array) with string fields ``prediction`` and ``reference`` and,
 optionally, ``prompt`` (attribute recall needs it), as ``sft.evaluate`` writes
@@ -22,10 +23,36 @@ logger = logging.getLogger("sft.metrics")
 
 @dataclass
 class MetricsArguments:
-    predictions: str = field(
-        metadata={"help": 'JSON Lines file with string fields "prediction" and "reference".'}
+    predictions: str | None = field(
+        default=None, metadata={"help": 'JSON Lines file with string fields "prediction" and "reference".'}
     )
     output: str | None = field(default=None, metadata={"help": "Also write the JSON metrics here."})
+    compare: list[str] = field(
+        default_factory=list,
+        metadata={"help": "NAME=metrics.json ... (what sft.evaluate writes): print these runs as one table."},
+    )
+
+    def __post_init__(self) -> None:
+        if (self.predictions is None) == (not self.compare):
+            raise ValueError("--predictions/--compare: expected one of them, found "
+                             + ("both" if self.compare else "neither"))
+        for item in self.compare:
+            if "=" not in item:
+                raise ValueError(f"--compare: expected NAME=path/to/metrics.json, found {item!r}")
+
+
+def compare(items: list[str]) -> None:
+    """Print the evaluations ``NAME=metrics.json`` side by side."""
+    from sft.eval.evaluation import format_table
+
+    columns = {}
+    for item in items:
+        name, _, path = item.partition("=")
+        try:
+            columns[name] = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            raise DataError(path, None, "a metrics.json written by sft.evaluate", type(err).__name__) from None
+    print(format_table(columns))
 
 
 def read_predictions(path: str) -> tuple[list[str], list[str], list[str] | None]:
@@ -40,6 +67,8 @@ def read_predictions(path: str) -> tuple[list[str], list[str], list[str] | None]
 
 
 def run(args: MetricsArguments) -> None:
+    if args.compare:
+        return compare(args.compare)
     from sft.eval.scores import score_corpus  # jieba, nltk: loaded for work only
 
     predictions, references, prompts = read_predictions(args.predictions)

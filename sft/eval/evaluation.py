@@ -94,14 +94,16 @@ def run_settings(load_args: LoadArguments, args: EvaluateArguments, data_args, g
     }
 
 
-def format_table(metrics: dict) -> str:
-    """``metric | score`` rows, aligned."""
-    cells = [(key, f"{metrics[key]:.4f}" if isinstance(metrics[key], float) else str(metrics[key]).replace("None", "-"))
-             for key in TABLE_KEYS]
-    width = max(len(key) for key, _ in cells + [("metric", "")])
-    score_width = max(len(value) for _, value in cells + [("", "score")])
-    lines = [f"{'metric':<{width}} | {'score':>{score_width}}", f"{'-' * width}-|-{'-' * score_width}"]
-    lines += [f"{key:<{width}} | {value:>{score_width}}" for key, value in cells]
+def format_table(columns: dict[str, dict]) -> str:
+    """``metric | <column> ...`` rows of :data:`TABLE_KEYS`, aligned; a column is one run's metrics."""
+    def cell(value) -> str:
+        return f"{value:.4f}" if isinstance(value, float) else "-" if value is None else str(value)
+
+    rows = [["metric", *columns]] + [[key, *(cell(m.get(key)) for m in columns.values())] for key in TABLE_KEYS]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [" | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+             for row in rows]
+    lines.insert(1, "-|-".join("-" * w for w in widths))
     return "\n".join(lines)
 
 

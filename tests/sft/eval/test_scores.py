@@ -295,3 +295,21 @@ def test_cli_scores_attribute_recall_when_rows_carry_their_prompt(tmp_path: Path
         del row["prompt"]
     path = _write_jsonl(tmp_path / "q.jsonl", [json.dumps(row, ensure_ascii=False) for row in rows])
     assert json.loads(_run_cli("--predictions", path).stdout)["attribute_recall"] is None
+
+
+def test_cli_compares_evaluations_side_by_side(tmp_path: Path) -> None:
+    runs = {"base": {"rouge-l": 4.7, "attribute_recall": None, "n": 100},
+            "tuned": {"rouge-l": 27.5, "attribute_recall": 62.5, "n": 100}}
+    argv = []
+    for name, metrics in runs.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(metrics), encoding="utf-8")
+        argv.append(f"{name}={tmp_path / f'{name}.json'}")
+    done = _run_cli("--compare", *argv)
+    assert done.returncode == 0, done.stderr
+    rows = {line.split("|")[0].strip(): [cell.strip() for cell in line.split("|")[1:]]
+            for line in done.stdout.splitlines()}
+    assert rows["metric"] == ["base", "tuned"]
+    assert rows["rouge-l"] == ["4.7000", "27.5000"] and rows["attribute_recall"] == ["-", "62.5000"]
+    assert _run_cli("--compare", "base").returncode == 2  # NAME=file expected
+    assert _run_cli("--compare", f"x={tmp_path / 'missing.json'}").returncode == 2
+    assert _run_cli().returncode == 2  # neither --predictions nor --compare
