@@ -7,21 +7,30 @@ predictions file resumable), score, and write ``metrics.json`` (``rouge-1``, ``r
 ``rouge-l``, ``bleu-4``, ``n``, ``empty``, the generation settings and the checkpoint).
 
 :func:`evaluate_examples` is the same evaluation for code (the Trainer during training).
+
+Under ``torchrun --nproc-per-node N python -m sft.evaluate`` (:func:`process_group`) every process
+loads the model and generates its share of the batches (:class:`sft.eval.generation.Shard`, which
+argues why the texts are those of one process); process 0 alone reads and writes the files, so the
+predictions file, its resumability and ``metrics.json`` are those of a single process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import torch
+import torch.distributed as dist
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sft.data import DataArguments, Example, encode_prompt, load_examples
 from sft.data.reading import read_rows
 from sft.eval.arguments import EvaluateArguments, GenerationArguments, LoadArguments
-from sft.eval.generation import generate_all
+from sft.eval.generation import Shard, generate_all
 from sft.eval.loading import checkpoint_data_arguments, load_model
 from sft.eval.predictions import PREDICTIONS_FILE, EvaluationError, resume, write_predictions
 from sft.eval.scores import score_corpus
@@ -42,6 +51,7 @@ def evaluate_examples(
     *,
     done: dict[int, str] | None = None,
     on_result: Callable[[int, str], None] | None = None,
+    shard: Shard = Shard(),
 ) -> tuple[list[str], dict]:
     """Generate a prediction for every example and score them against the examples' answers.
 
@@ -50,6 +60,7 @@ def evaluate_examples(
         max_source_length: prompts are cut as in training (:func:`sft.data.encode_prompt`).
         done: predictions already made, by index; those rows are not generated again.
         on_result: called with ``(index, prediction)`` as each new row is generated.
+        shard: this process's part when several generate together (every process gets every prediction).
 
     Returns:
         The predictions in example order and :func:`sft.eval.scores.score_corpus`'s scores.
@@ -60,7 +71,8 @@ def evaluate_examples(
     was_training = model.training
     model.eval()
     try:
-        generated = generate_all(model, tokenizer, prompt_ids, gen_args, on_result=on_result, skip=done.keys())
+        generated = generate_all(model, tokenizer, prompt_ids, gen_args, on_result=on_result, skip=done.keys(),
+                                 shard=shard)
     finally:
         model.train(was_training)
     predictions = [done[i] if text is None else text for i, text in enumerate(generated)]
@@ -123,36 +135,63 @@ def load_rows(args: EvaluateArguments, data_args: DataArguments) -> tuple[list[E
     return examples, rows
 
 
-def generate_appending(model, tokenizer, examples, rows, max_source_length, gen_args, done, path: Path) -> dict:
-    """:func:`evaluate_examples`, appending each new row to ``path`` as it is made; returns the scores."""
-    with path.open("a", encoding="utf-8") as out:
+def generate_appending(model, tokenizer, examples, rows, max_source_length, gen_args, done, path: Path,
+                       shard: Shard = Shard()) -> dict:
+    """:func:`evaluate_examples`, appending each new row to ``path`` as it is made (by process 0 of a
+    ``shard``: the others only generate); returns the scores."""
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(path.open("a", encoding="utf-8")) if shard.main else None
 
         def append(index: int, prediction: str) -> None:
             out.write(json.dumps({**rows[index], "prediction": prediction}, ensure_ascii=False) + "\n")
             out.flush()
 
         predictions, scores = evaluate_examples(
-            model, tokenizer, examples, max_source_length, gen_args, done=done, on_result=append
+            model, tokenizer, examples, max_source_length, gen_args, done=done,
+            on_result=append if shard.main else None, shard=shard,
         )
-    write_predictions(path, rows, dict(enumerate(predictions)))
+    if shard.main:
+        write_predictions(path, rows, dict(enumerate(predictions)))
     return scores
 
 
-def write_metrics(output_dir: Path, scores: dict, settings: dict, method: str) -> dict:
-    metrics = {**scores, "generation": settings, "checkpoint": settings["checkpoint"], "method": method}
+def write_metrics(output_dir: Path, metrics: dict) -> None:
     (output_dir / METRICS_FILE).write_text(json.dumps(metrics, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     logger.info("wrote %s and %s to %s", PREDICTIONS_FILE, METRICS_FILE, output_dir)
-    return metrics
+
+
+@contextlib.contextmanager
+def process_group(device: str) -> Iterator[Shard]:
+    """This process's :class:`Shard` of a ``torchrun`` run (``WORLD_SIZE`` > 1), its process group joined
+    for the duration: nccl with this process's GPU (``LOCAL_RANK``) as ``cuda``, or gloo on CPU. Outside
+    ``torchrun``: one process, nothing to join."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1 or dist.is_initialized():
+        yield Shard.current()
+        return
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # "cuda" is this process's GPU
+    dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        yield Shard.current()
+    finally:
+        dist.destroy_process_group()
 
 
 def evaluate(load_args: LoadArguments, args: EvaluateArguments, gen_args: GenerationArguments) -> dict:
-    """Generate what is missing, score, write the outputs; returns ``metrics.json``'s content."""
+    """Generate what is missing, score, write the outputs; returns ``metrics.json``'s content (in every
+    process of a ``torchrun`` run; process 0 writes the files)."""
+    shard = Shard.current()
     model, tokenizer, info = load_model(load_args)
     data_args = data_arguments(info, args)
     examples, rows = load_rows(args, data_args)
     output_dir = output_directory(args, load_args.source())
     settings = run_settings(load_args, args, data_args, gen_args)
-    done = resume(output_dir, rows, settings, args.overwrite)
+    done = shard.on_main(lambda: resume(output_dir, rows, settings, args.overwrite))
     path = output_dir / PREDICTIONS_FILE
-    scores = generate_appending(model, tokenizer, examples, rows, data_args.max_source_length, gen_args, done, path)
-    return write_metrics(output_dir, scores, settings, info.method)
+    scores = generate_appending(model, tokenizer, examples, rows, data_args.max_source_length, gen_args, done, path,
+                                shard)
+    metrics = {**scores, "generation": settings, "checkpoint": settings["checkpoint"], "method": info.method}
+    if shard.main:
+        write_metrics(output_dir, metrics)
+    return metrics

@@ -8,7 +8,8 @@ by ``max_new_tokens``, never a ``max_length`` that counts the prompt):
   left so every row's next token sits in the last column; generation stops on every eos id
   the model declares (:func:`eos_token_ids`; GLM-4 declares three).
 * :func:`generate_all`: many prompts, sorted by length so a batch wastes little padding,
-  results handed back as rows finish and returned in input order.
+  results handed back as rows finish and returned in input order. Under ``torchrun`` the
+  batches are dealt out to the processes (:class:`Shard`).
 
 A P-tuning prefix and the prefix-LM/causal mask are applied by hooks inside the model
 (:mod:`ptuning.injection`), so nothing here depends on the fine-tuning method.
@@ -17,14 +18,77 @@ A P-tuning prefix and the prefix-LM/causal mask are applied by hooks inside the 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.generation.streamers import BaseStreamer
 
 from sft.data import DataCollator
+from sft.errors import UserError
 from sft.eval.arguments import GenerationArguments
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's part of a generation run split over the processes of a ``torch.distributed`` group.
+
+    What makes the split exact: the batches are those one process would make
+    (:func:`length_sorted_batches`), dealt round-robin, so in round ``k`` process ``r`` generates
+    batch ``k * world + r``, and after each round every process receives every batch's texts
+    (:meth:`exchange`). A batch holds the same rows with the same left padding as in one process,
+    and :func:`generate_token_ids` re-seeds per batch, so greedy decoding and sampling give the
+    texts one process gives, handed back in the same order. Splitting rows instead (rank ``r``
+    takes rows ``r::world``) would change each batch's padding, and padding can change a greedy
+    argmax where two logits are close.
+    """
+
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def current(cls) -> Shard:
+        """The running process group's shard (one process outside ``torchrun``)."""
+        if dist.is_available() and dist.is_initialized():
+            return cls(dist.get_rank(), dist.get_world_size())
+        return cls()
+
+    @property
+    def main(self) -> bool:
+        """Process 0: the one that writes files and logs."""
+        return self.rank == 0
+
+    def exchange(self, mine: T) -> list[T]:
+        """Every process's ``mine``, in rank order (a collective: every process must call it)."""
+        if self.world == 1:
+            return [mine]
+        gathered: list[Any] = [None] * self.world
+        dist.all_gather_object(gathered, mine)
+        return gathered
+
+    def on_main(self, work: Callable[[], T]) -> T:
+        """``work()`` done by process 0 only (it writes files), its result handed to every process.
+
+        A :class:`~sft.errors.UserError` there is raised in every process, so none waits for the others.
+        """
+        if self.world == 1:
+            return work()
+        outcome: list[Any] = [None]
+        if self.main:
+            try:
+                outcome[0] = (work(), None)
+            except UserError as err:
+                outcome[0] = (None, err)
+        dist.broadcast_object_list(outcome, src=0)
+        result, error = outcome[0]
+        if error is not None:
+            raise error
+        return result
 
 
 def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -109,21 +173,26 @@ def generate_all(
     *,
     on_result: Callable[[int, str], None] | None = None,
     skip: Iterable[int] = (),
+    shard: Shard = Shard(),
 ) -> list[str | None]:
     """Generate for every prompt not in ``skip``, in batches of similar length, with a progress bar.
 
-    ``on_result(index, text)`` is called for each row as its batch finishes. Returns the texts
-    in input order; rows in ``skip`` are ``None``.
+    ``on_result(index, text)`` is called for each row as its batch finishes, in batch order.
+    Returns the texts in input order; rows in ``skip`` are ``None``. With a ``shard`` of several
+    processes, each generates its share of the batches and every process gets every text.
     """
     results: list[str | None] = [None] * len(prompt_ids)
     batches = length_sorted_batches(prompt_ids, args.batch_size, skip)
-    with tqdm(total=sum(map(len, batches)), desc="generating", unit="row") as progress:
-        for batch in batches:
-            texts = generate_batch(model, tokenizer, [prompt_ids[i] for i in batch], args)
-            for index, text in zip(batch, texts):
-                results[index] = text
-                if on_result is not None:
-                    on_result(index, text)
-            progress.update(len(batch))
+    with tqdm(total=sum(map(len, batches)), desc="generating", unit="row", disable=not shard.main) as progress:
+        for start in range(0, len(batches), shard.world):
+            dealt = batches[start:start + shard.world]  # one batch per process, fewer in the last round
+            mine = dealt[shard.rank] if shard.rank < len(dealt) else []
+            texts = generate_batch(model, tokenizer, [prompt_ids[i] for i in mine], args) if mine else []
+            for batch, batch_texts in shard.exchange((mine, texts)):
+                for index, text in zip(batch, batch_texts):
+                    results[index] = text
+                    if on_result is not None:
+                        on_result(index, text)
+                progress.update(len(batch))
     return results
 

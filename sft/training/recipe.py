@@ -4,6 +4,10 @@ The steps: read flags, load base model and tokenizer, encode the data, prepare t
 (:mod:`sft.methods`: ``ptuning``, a frozen base with a trainable prefix; ``lora``, a frozen base
 with peft adapters; ``full``, every weight), train with transformers' Trainer, save the final
 checkpoint and a training report. Everything but the method preparation is shared.
+
+The same recipe runs in every process of ``torchrun`` (``NPROC=N bash scripts/train.sh``): DDP by
+default, FSDP with ``--fsdp`` (full and LoRA), DeepSpeed with ``--deepspeed``. Why the numbers are
+those of one process with the same global batch is argued in :mod:`sft.training.trainer`.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from sft.eval.arguments import GenerationArguments
 from sft.methods import METHODS, Method, get_method
 from sft.models import base_defaults, fingerprint, load_base_model, load_tokenizer, resolve_dtype, resolve_model_path
 from sft.training.arguments import MethodArguments, ModelArguments
-from sft.training.report import count_parameters, write_training_report
+from sft.training.report import batch_layout, count_parameters, write_training_report
 from sft.training.trainer import GenerationEval, SaveAtEndCallback, SFTTrainer, SFTTrainingArguments
 
 logger = logging.getLogger("sft.train")
@@ -66,8 +70,23 @@ def parse_args(argv: list[str] | None = None) -> TrainArguments:
         # ZeRO-3 partitions the prefix encoder too, and prefix.safetensors would be saved from empty shards.
         raise ValueError("--deepspeed: expected ZeRO stage 0-2 for --finetuning_type ptuning (its few MB need "
                          "no partitioning), found stage 3")
+    if training_args.fsdp:
+        check_fsdp(method, training_args)
     by_name = {m.name: next((f for f in flags if type(f) is m.arguments), None) for m in METHODS.values() if m.arguments}
     return TrainArguments(model_args, data_args, method_args, by_name, training_args)
+
+
+def check_fsdp(method: Method, training_args: SFTTrainingArguments) -> None:
+    """``--fsdp`` where it shards: several processes on GPUs (or other accelerators), full or LoRA."""
+    if method.name == "ptuning":
+        # FSDP shards the prefix encoder like ZeRO-3 does, and the prefix is saved from the module's weights.
+        raise ValueError("--fsdp: expected --finetuning_type full or lora (P-tuning's few MB need no sharding: "
+                         "run it without --fsdp, as DDP), found ptuning")
+    device, world = training_args.device.type, training_args.world_size  # joins torchrun's process group
+    if device == "cpu" or world == 1:
+        # accelerate (1.15) enables FSDP only on accelerators: on CPU it would train as DDP without a word.
+        raise ValueError(f"--fsdp: expected several processes on GPUs (torchrun, NPROC>1), found {world} "
+                         f"process(es) on {device}; drop --fsdp (on CPU, several processes train as DDP)")
 
 
 def weights_dtype(model_args: ModelArguments, method: Method) -> torch.dtype:
@@ -92,6 +111,10 @@ def evaluate_base_loss(model, training_args, collator, eval_dataset, mask: str) 
     trainer = transformers.Trainer(model=model, args=training_args, data_collator=collator, eval_dataset=eval_dataset)
     loss = trainer.evaluate(metric_key_prefix="base")["base_loss"]
     hook.remove()
+    # accelerate marks a model it has prepared, for evaluation too, and never wraps a marked model again:
+    # the training Trainer would leave it out of DDP and every process would train alone
+    # (SFTTrainer.training_step refuses that).
+    model.__dict__.pop("_is_accelerate_prepared", None)
     logger.info("base model dev loss before training: %.4f", loss)
     return loss
 
@@ -115,7 +138,8 @@ def load_datasets(data_args: DataArguments, tokenizer) -> tuple[EncodedDataset, 
 
 
 def train_and_report(trainer: SFTTrainer, training_args: SFTTrainingArguments, results: dict) -> dict:
-    """Train, save the final checkpoint, evaluate, and write the report; returns every metric."""
+    """Train, save the final checkpoint, evaluate, and write the report (process 0); returns every metric."""
+    results.update(batch_layout(training_args))
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
     results.update(train_result.metrics)
@@ -123,8 +147,9 @@ def train_and_report(trainer: SFTTrainer, training_args: SFTTrainingArguments, r
     if trainer.eval_dataset is not None:
         results.update(trainer.evaluate())
     trainer.log(results)
-    write_training_report(trainer.state.log_history, training_args.output_dir)
-    logger.info("saved checkpoint, train_metrics.json and loss_curve.png to %s", training_args.output_dir)
+    if trainer.is_world_process_zero():
+        write_training_report(trainer.state.log_history, training_args.output_dir)
+        logger.info("saved checkpoint, train_metrics.json and loss_curve.png to %s", training_args.output_dir)
     return results
 
 

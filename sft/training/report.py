@@ -1,4 +1,5 @@
-"""What a training run reports: trainable parameters in the log, every logged value and a loss curve on disk."""
+"""What a training run reports: trainable parameters and the batch layout in the log, every logged value and
+a loss curve on disk."""
 
 from __future__ import annotations
 
@@ -17,6 +18,21 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info("trainable parameters: %d of %d (%.4f%%)", trainable, total, 100 * trainable / total)
     return {"trainable_parameters": trainable, "total_parameters": total}
+
+
+def batch_layout(training_args) -> dict[str, int]:
+    """How many rows one optimizer step trains on, and how the processes share them; logged and returned.
+
+    The global batch (processes x per-device batch x accumulation steps) is what decides the
+    numbers: two processes of 4 rows train as one process of 8 (:mod:`sft.training.trainer`).
+    """
+    world, per_device = training_args.world_size, training_args.per_device_train_batch_size
+    accumulation = training_args.gradient_accumulation_steps
+    layout = {"world_size": world, "per_device_train_batch_size": per_device,
+              "gradient_accumulation_steps": accumulation, "global_batch_size": world * per_device * accumulation}
+    logger.info("world size %d, per-device batch %d, gradient accumulation %d: global batch %d rows per optimizer "
+                "step", world, per_device, accumulation, layout["global_batch_size"])
+    return layout
 
 
 def write_training_report(log_history: list[dict], output_dir: str | Path) -> None:

@@ -1,5 +1,16 @@
 """transformers' Trainer and TrainingArguments, saving what a method trains (as its checkpoint describes)
-and refusing non-finite losses."""
+and refusing non-finite losses.
+
+Several processes (``torchrun``: DDP, FSDP or DeepSpeed through the Trainer's accelerate) give the
+numbers of one process with their global batch: the Trainer deals each process consecutive
+micro-batches of the one-process order (a batch of 8 is two batches of 4), and with
+``average_tokens_across_devices`` (on by default) divides every process's summed token loss by
+the label tokens of the whole global batch, so the averaged gradient is the one-process
+gradient. Packing stays exact: each process packs its own rows, and a packed batch scores the
+(context, token) pairs of its padded rows. What only one process may do (write checkpoints,
+reports, logs) is left to process 0; what decides whether to go on (a non-finite loss, the
+generation scores behind ``--metric_for_best_model``) is the same in every process.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +18,7 @@ import json
 import logging
 import resource
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -20,6 +31,7 @@ from sft.data.encoding import IGNORE_INDEX, unpack
 from sft.errors import CheckpointError, UserError
 from sft.eval.arguments import GenerationArguments
 from sft.eval.evaluation import evaluate_examples
+from sft.eval.generation import Shard
 from sft.eval.scores import CORPUS_KEYS
 from sft.methods import get_method
 
@@ -103,6 +115,8 @@ class SFTTrainer(Trainer):
         # Saved into full checkpoints. Not the Trainer's processing_class: that would rewrite the model
         # config's special token ids to the tokenizer's before training.
         self.checkpoint_tokenizer = tokenizer
+        if generation_eval is not None:
+            generation_eval = replace(generation_eval, shard=self._generation_shard())
         self.generation_eval = generation_eval
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
@@ -114,6 +128,13 @@ class SFTTrainer(Trainer):
             metrics.update(scores)
         return metrics
 
+    def _generation_shard(self) -> Shard:
+        """Generation split over the processes; not where the weights themselves are split (FSDP, ZeRO-3):
+        there every forward is collective, so every process generates every row, in step."""
+        if self.is_fsdp_enabled or self.args.zero_stage() == 3:
+            return Shard()
+        return Shard.current()
+
     def get_train_dataloader(self):
         if self.train_data_collator is None:
             return super().get_train_dataloader()
@@ -123,6 +144,13 @@ class SFTTrainer(Trainer):
         finally:
             self.data_collator = padding
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.args.world_size > 1 and model is self.model and not self.is_fsdp_enabled:
+            # FSDP2 shards the model in place; DDP and DeepSpeed wrap it. Unwrapped, gradients would not be averaged.
+            raise RuntimeError(f"process {self.args.process_index} of {self.args.world_size}: expected the model "
+                               f"wrapped for data parallel training, found the bare {type(model).__name__}")
+        return super().training_step(model, inputs, num_items_in_batch)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         forward = inputs
         if not return_outputs and "labels" in inputs and self.label_smoother is None and self.compute_loss_func is None:
@@ -130,21 +158,30 @@ class SFTTrainer(Trainer):
         result = super().compute_loss(model, forward, return_outputs=return_outputs,
                                       num_items_in_batch=num_items_in_batch)
         loss = result[0] if return_outputs else result
-        if not torch.isfinite(loss.detach()).all():
-            self._stop_on_nonfinite(loss, inputs)
+        losses = loss.detach().float().reshape(-1)
+        if self.args.world_size > 1:
+            # Every process stops together: one stopping alone would leave the others waiting in an all-reduce.
+            losses = self.accelerator.gather(losses)  # (world,)
+        if not torch.isfinite(losses).all():
+            self._stop_on_nonfinite(losses, inputs)
         return result
 
-    def _stop_on_nonfinite(self, loss: torch.Tensor, inputs: dict) -> None:
+    def _stop_on_nonfinite(self, losses: torch.Tensor, inputs: dict) -> None:
         out = Path(self.args.output_dir)
         out.mkdir(parents=True, exist_ok=True)
+        world = self.args.world_size
+        batch_file = NONFINITE_BATCH if world == 1 else f"nonfinite_batch.rank{self.args.process_index}.safetensors"
         # A packed batch is saved as its padded rows, which replay with model(**batch) on any model.
         inputs = unpack(inputs, getattr(self.data_collator, "pad_token_id", 0))
         tensors = {k: v.detach().cpu().contiguous() for k, v in inputs.items() if isinstance(v, torch.Tensor)}
-        save_file(tensors, str(out / NONFINITE_BATCH))
-        # The weights are still those of the last good step: keep them.
-        save_checkpoint(self.model, self.checkpoint_info, out / "last-finite", tokenizer=self.checkpoint_tokenizer)
+        save_file(tensors, str(out / batch_file))  # each process its own micro-batch
+        # The weights are still those of the last good step: keep them (once).
+        if self.args.should_save:
+            save_checkpoint(self.model, self.checkpoint_info, out / "last-finite", tokenizer=self.checkpoint_tokenizer)
+        found = f"loss is {losses.item()}" if world == 1 else f"losses of processes 0-{world - 1} are {losses.tolist()}"
+        saved = out / (NONFINITE_BATCH if world == 1 else "nonfinite_batch.rank*.safetensors")
         raise NonFiniteLossError(
-            f"step {self.state.global_step}: loss is {loss.item()}; batch saved to {out / NONFINITE_BATCH}, "
+            f"step {self.state.global_step}: {found}; batch saved to {saved}, "
             f"last finite weights to {out / 'last-finite'} (try --dtype float32 or a lower --learning_rate)"
         )
 
@@ -206,15 +243,19 @@ def supervised_logits_only(inputs: dict) -> dict:
 
 @dataclass
 class GenerationEval:
-    """Generate for a few dev examples and score them (ROUGE/BLEU-4), as during evaluation proper."""
+    """Generate for a few dev examples and score them (ROUGE/BLEU-4), as during evaluation proper; with a
+    ``shard`` of several processes (:class:`SFTTrainer` sets it), each generates its share and every
+    process gets the same scores."""
 
     tokenizer: PreTrainedTokenizerBase
     examples: list[Example]
     max_source_length: int
     generation: GenerationArguments
+    shard: Shard = field(default_factory=Shard)
 
     def __call__(self, model) -> dict:
-        _, scores = evaluate_examples(model, self.tokenizer, self.examples, self.max_source_length, self.generation)
+        _, scores = evaluate_examples(model, self.tokenizer, self.examples, self.max_source_length, self.generation,
+                                      shard=self.shard)
         return scores
 
 
