@@ -32,6 +32,11 @@ the prefix, and the attention each layer runs, once for all layers, in the cheap
   ``is_causal`` or the row's own ``(1, 1, t, P + t)`` mask. No row can see another, and attention
   costs ``sum(t_i^2)``, where the equivalent dense block-diagonal mask (:func:`ptuning.masks.build_packed_mask`,
   the ``dense`` reference path) would compute all ``N^2`` scores.
+* a serving batch (``row_prefixes=``:class:`RowPrefixes`, from :mod:`sft.serving`): each row of a
+  left-padded batch brings its own precomputed prefix keys/values (different checkpoints, different
+  lengths, or none: padded to the longest) and its own mask type; one ``(B, 1, T, P + K)`` mask hides
+  the slots a row does not have. The model then has no encoder of its own: a server computes each
+  checkpoint's prefix once, at load, instead of running an encoder at every forward.
 
 The model itself receives a zero-stride placeholder 4-D mask, which transformers passes through
 to the layers untouched, so it builds no mask of its own. Models whose own code reads the mask
@@ -70,11 +75,12 @@ from transformers.masking_utils import AttentionMaskInterface
 
 from .encoder import PrefixEncoder
 from .layout import kv_layout
-from .masks import build_attention_mask, build_packed_mask, prompt_length_from_labels
+from .masks import as_mask, build_attention_mask, build_packed_mask, prompt_length_from_labels
 
 INJECTION_KWARG = "ptuning_injection"
 SEGMENTS_KWARG = "segment_ids"  # (1, N): the row of each token of a packed batch
 SPARSE_INDICES_KWARG = "indices"  # how transformers' glm_moe_dsa hands its attention the indexer's top-k
+ROWS_KWARG = "row_prefixes"  # a RowPrefixes: each row of the batch with its own prefix and mask (serving)
 _WRAPPED = "ptuning_"
 
 
@@ -83,10 +89,37 @@ class InjectionError(RuntimeError):
 
 
 @dataclass
+class RowPrefixes:
+    """Precomputed soft prompts for a batch whose rows use different prefixes, or none (serving).
+
+    Passed to the model's forward as ``row_prefixes=`` in place of a prefix encoder: a server
+    computes each checkpoint's keys and values once, at load, and stacks them per row. Rows
+    with shorter prefixes are padded at the end of the ``P`` axis; their missing slots are
+    masked, so a row attends exactly to its own ``lengths[b]`` virtual tokens.
+
+    Attributes:
+        keys: ``(num_layers, B, kv_heads, P, head_dim)``, ``P`` the longest prefix (may be 0).
+        values: ``(num_layers, B, kv_heads, P, value_head_dim)``.
+        lengths: ``(B,)`` each row's number of virtual tokens (0: no prefix).
+        prefix_lm: ``(B,)`` bool, rows masked prefix-LM (their prompt attends bidirectionally
+            when prefilled); the others are causal, whatever mask the hook was attached with.
+    """
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    lengths: torch.Tensor
+    prefix_lm: torch.Tensor
+
+    @property
+    def width(self) -> int:
+        return self.keys.shape[3]
+
+
+@dataclass
 class LayerInputs:
     """What one forward hands each layer's attention, through transformers' attention kwargs."""
 
-    prefix: tuple[torch.Tensor, torch.Tensor] | None  # PrefixEncoder's (keys, values), or None for a mask-only hook
+    prefix: tuple[torch.Tensor, torch.Tensor] | None  # PrefixEncoder's (keys, values), RowPrefixes' per-row ones, or None
     key_length: int  # cached + new tokens: what every layer's keys must span
     mask: torch.Tensor | None = None  # (B or 1, 1, T, P + K) over prefix and keys; None: SDPA's is_causal
     rows: list[tuple[int, int, torch.Tensor | None]] | None = None  # packed: (start, end, the row's mask)
@@ -165,12 +198,12 @@ def _widen(mask: torch.Tensor, num_virtual: int) -> torch.Tensor:
 
 
 def _prepend_prefix(module, prefix, key, value):
-    """``key``/``value`` with this layer's ``P`` prefix rows first."""
+    """``key``/``value`` with this layer's ``P`` prefix rows first (one prefix for all rows, or one per row)."""
     layer = module.layer_idx
-    prefix_key = prefix[0][layer]  # (kv_heads, P, head_dim)
-    prefix_value = prefix[1][layer]  # (kv_heads, P, value_head_dim)
+    prefix_key = prefix[0][layer]  # (kv_heads, P, head_dim), or (B, kv_heads, P, head_dim) per row
+    prefix_value = prefix[1][layer]  # (kv_heads, P, value_head_dim), or (B, ...)
     found = (key.shape[1], key.shape[-1], value.shape[-1])
-    expected = (prefix_key.shape[0], prefix_key.shape[-1], prefix_value.shape[-1])
+    expected = (prefix_key.shape[-3], prefix_key.shape[-1], prefix_value.shape[-1])
     if found != expected:
         raise InjectionError(_unsupported(
             type(module).__name__,
@@ -316,9 +349,12 @@ def _prepare_kwargs(hook: PrefixHook, kwargs: dict) -> dict:
         raise ValueError(
             f"P-tuning expects a 2-D padding mask (use the default dynamic cache), found shape {tuple(padding.shape)}"
         )
+    rows = kwargs.pop(ROWS_KWARG, None)
     prefix = hook.encoder() if hook.encoder is not None else None
     inputs = LayerInputs(prefix=prefix, key_length=past + length, dense=hook.dense)
-    if segment_ids is not None:
+    if rows is not None:
+        _plan_rows(hook, kwargs, inputs, rows, padding, length, past, packed=segment_ids is not None)
+    elif segment_ids is not None:
         _plan_packed(hook, kwargs, inputs, segment_ids, padding, past)
     else:
         _plan_padded(hook, kwargs, inputs, padding, length, past)
@@ -358,6 +394,39 @@ def _plan_padded(hook: PrefixHook, kwargs: dict, inputs: LayerInputs, padding, l
         mask = build_attention_mask(padding[:1] if shared else padding, length, mask_type=hook.mask_type,
                                     bidirectional_length=bidirectional, dtype=_mask_dtype(hook))
         inputs.mask = _widen(mask, num_virtual) if num_virtual else mask  # (B or 1, 1, T, P + K)
+    kwargs["attention_mask"] = _placeholder_mask(batch, length, past + length, device)
+
+
+def _plan_rows(hook: PrefixHook, kwargs: dict, inputs: LayerInputs, rows: RowPrefixes, padding, length: int,
+               past: int, packed: bool) -> None:
+    """A padded batch ``(B, T)`` whose rows carry their own prefix and mask (:class:`RowPrefixes`).
+
+    The mask is ``(B, 1, T, P + K)``: row ``b`` sees its first ``lengths[b]`` prefix slots and its
+    real tokens, causally or (prefilling a ``prefix_lm`` row) its whole prompt both ways.
+    """
+    problems = []
+    if hook.encoder is not None:
+        problems.append("a model without a prefix encoder of its own (attach_prefix(model, None, ...))")
+    if hook.dense or packed:
+        problems.append("a padded batch of a model without DeepSeek sparse attention (no segment_ids)")
+    batch = padding.shape[0]
+    if rows.keys.shape[1] != batch or rows.lengths.shape != (batch,) or rows.prefix_lm.shape != (batch,):
+        problems.append(f"keys (layers, {batch}, kv_heads, P, head_dim) and lengths, prefix_lm ({batch},), found "
+                        f"{tuple(rows.keys.shape)}, {tuple(rows.lengths.shape)}, {tuple(rows.prefix_lm.shape)}")
+    if problems:
+        raise ValueError(f"per-row prefixes ({ROWS_KWARG}=...) need " + "; ".join(problems))
+    device = padding.device
+    if kwargs.get("position_ids") is None:
+        kwargs["position_ids"] = (padding.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
+    if rows.width:
+        inputs.prefix = (rows.keys, rows.values)
+    prompt = past + length if past == 0 else 0  # prefill: the whole input is the prompt (see _bidirectional_length)
+    bidirectional = torch.where(rows.prefix_lm.to(device), prompt, 0)  # (B,): 0 is a plain causal row
+    allowed = build_attention_mask(padding, length, mask_type="prefix_lm", bidirectional_length=bidirectional,
+                                   dtype=torch.bool)  # (B, 1, T, K)
+    slots = torch.arange(rows.width, device=device)[None, :] < rows.lengths.to(device)[:, None]  # (B, P)
+    slots = slots[:, None, None, :].expand(-1, -1, length, -1)  # (B, 1, T, P)
+    inputs.mask = as_mask(torch.cat([slots, allowed], dim=-1), _mask_dtype(hook))  # (B, 1, T, P + K)
     kwargs["attention_mask"] = _placeholder_mask(batch, length, past + length, device)
 
 

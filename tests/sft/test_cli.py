@@ -22,6 +22,7 @@ import sft.export
 import sft.import_chatglm2
 import sft.infer
 import sft.metrics
+import sft.serve
 import sft.train
 import tools.pretrain
 from ptuning.injection import InjectionError
@@ -38,6 +39,7 @@ MISTAKES: dict[str, tuple[Callable, Callable[[Path], list[str]], str]] = {
     "evaluate": (sft.evaluate.main, lambda tmp: ["--dtype", "bf16"], DTYPE_ERROR),
     "infer": (sft.infer.main, lambda tmp: ["--dtype", "bf16", "--prompt", "类型#上衣"], DTYPE_ERROR),
     "export": (sft.export.main, lambda tmp: ["--dtype", "bf16"], DTYPE_ERROR),
+    "serve": (sft.serve.main, lambda tmp: ["--checkpoint", "broken"], "error: --checkpoint 'broken': expected NAME=DIR"),
     "import_chatglm2 --mask": (
         sft.import_chatglm2.main,
         lambda tmp: ["--mask", "bidirectional", "--source", str(tmp / "src"), "--model_name_or_path", "embedded",
@@ -79,6 +81,7 @@ HELP: dict[str, tuple[Callable, list[str], str]] = {
     "evaluate": (sft.evaluate.main, ["--help"], "--validation_file"),
     "infer": (sft.infer.main, ["--help"], "--prompt"),
     "export": (sft.export.main, ["--help"], "--checkpoint"),
+    "serve": (sft.serve.main, ["--help"], "--api_key"),
     "import_chatglm2": (sft.import_chatglm2.main, ["--help"], "--source"),
     "convert": (sft.convert.main, ["--help"], "--ptuning_checkpoint"),
     "metrics": (sft.metrics.main, ["--help"], "--predictions"),
