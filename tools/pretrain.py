@@ -3,14 +3,18 @@
     python -m tools.pretrain --output_dir sft/embedded/glm-zh-tiny --max_steps 2000 --time_budget_minutes 27
 
 Text is packed into fixed-length rows (documents end with ``</s>``). Each training row is drawn
-from one source, sources weighted by ``--ad_copy_weight`` (ad copy) and token counts (the rest).
-``--objective`` picks the loss per row:
+from one source, sources weighted by ``--records_weight`` (the project's records) and token counts
+(the rest). Rows of a *records* source (header, line break, text: :mod:`tools.corpus`) start at a
+document. ``--objective`` picks the loss per row:
 
 * ``causal``: every token predicts the next one.
-* ``prefix_lm``: a random split ``s``; tokens before it attend to each other in both directions
+* ``prefix_lm``: a split ``s``; tokens before it attend to each other in both directions
   (GLM's blank-infilling prefix), tokens after it causally; loss only after the split.
   ``s = 0`` is a plain causal row.
 * ``mix``: per row ``prefix_lm`` with probability ``--prefix_lm_share``, else ``causal``.
+
+A records row is always split right after its first document's header (unless the objective is
+``causal``): the header is the bidirectional prompt, as the P-tuning prompt is later.
 
 At the end the model is saved in transformers' format with the tokenizer, a held-out sample
 (``heldout.txt``), its perplexity (``heldout_ppl.json``), the arguments (``pretrain_args.json``)
@@ -46,6 +50,7 @@ from ptuning.masks import build_attention_mask
 from sft.cli import run_command
 from sft.data import IGNORE_INDEX
 from sft.embedded import DEFAULT_MODEL_DIR
+from sft.models import DEFAULTS_FILE
 from sft.errors import UserError
 from tools import corpus
 
@@ -89,13 +94,19 @@ class PretrainArguments:
     seed: int = field(default=1234, metadata={"help": "Seed of initialisation, sampling and the held-out split."})
     heldout_fraction: float = field(default=0.02, metadata={"help": "Share of each source's documents held out."})
     heldout_sources: str = field(
-        default="sanguo,ad_copy,corpus_file",
+        default="sanguo,records,corpus_file",
         metadata={"help": "Sources (comma-separated) whose held-out documents fill heldout.txt."},
     )
     heldout_max_bytes: int = field(default=28_000, metadata={"help": "Size cap of heldout.txt in UTF-8 bytes."})
-    ad_copy_paragraphs: int = field(default=20000, metadata={"help": "Paragraphs from tools.synthetic.ad_copy_corpus."})
-    ad_copy_weight: float = field(
-        default=0.5, metadata={"help": "Share of training rows drawn from the ad-copy sources (when present)."}
+    records_count: int = field(default=40000, metadata={"help": "Records from tools.records.record_corpus."})
+    records_open_share: float = field(
+        default=0.7, metadata={"help": "Chance that a record's value is a dictionary word, not one of its kind's bank."}
+    )
+    records_chat_share: float = field(
+        default=0.5, metadata={"help": "Share of records laid out as a ChatGLM3 chat turn (header = query)."}
+    )
+    records_weight: float = field(
+        default=0.75, metadata={"help": "Share of training rows drawn from the project's records (tools.records)."}
     )
     bf16: bool = field(
         default=True, metadata={"help": "bfloat16 autocast for forward and backward (weights and AdamW stay fp32)."}
@@ -111,7 +122,7 @@ class PretrainArguments:
     max_position_embeddings: int = field(default=1024, metadata={"help": "Longest supported sequence."})
 
 
-POSITIVE_INTS = ("batch_size", "max_steps", "num_threads", "log_every", "hidden_size", "num_hidden_layers",
+POSITIVE_INTS = ("batch_size", "records_count", "max_steps", "num_threads", "log_every", "hidden_size", "num_hidden_layers",
                  "num_attention_heads", "num_key_value_heads", "head_dim", "intermediate_size")
 
 
@@ -121,7 +132,8 @@ def validate_args(args: PretrainArguments) -> None:
                 for name in POSITIVE_INTS if getattr(args, name) < 1]
     if args.objective not in OBJECTIVES:
         problems.append(f"--objective: expected one of {', '.join(OBJECTIVES)}, found {args.objective!r}")
-    for name in ("prefix_lm_share", "max_prefix_fraction", "heldout_fraction", "ad_copy_weight"):
+    for name in ("prefix_lm_share", "max_prefix_fraction", "heldout_fraction", "records_weight", "records_open_share",
+                 "records_chat_share"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             problems.append(f"--{name}: expected a value in [0, 1], found {getattr(args, name)}")
     if not 2 <= args.seq_len <= args.max_position_embeddings:
@@ -179,7 +191,7 @@ def load_sources(args: PretrainArguments) -> list[tuple[corpus.Source, list[str]
     if args.corpus_file:
         docs = read_corpus_file(args.corpus_file)
         return [(corpus.Source("corpus_file", args.corpus_file, "given by the user", lambda: docs), docs)]
-    sources = corpus.general_sources() + corpus.ad_sources(args.ad_copy_paragraphs, args.seed)
+    sources = corpus.general_sources() + corpus.record_sources(args.records_count, args.seed, args.records_open_share)
     loaded = [(source, source.load()) for source in sources]
     for source, docs in loaded:
         logger.info("loaded %s: %d documents, %d characters", source.name, len(docs), sum(map(len, docs)))
@@ -205,18 +217,78 @@ def encode_documents(tokenizer: PreTrainedTokenizerBase, documents: list[str]) -
     return stream
 
 
+def encode_records(
+    tokenizer: PreTrainedTokenizerBase, documents: list[str], chat_share: float = 0.0, seed: int = 0
+) -> list[tuple[list[int], int]]:
+    """``[(ids, header_length)]`` per header-then-text document, ``</s>`` at the end.
+
+    A share ``chat_share`` of them (seeded) is laid out as a ChatGLM3 chat turn, exactly as
+    ``sft.data`` encodes a training row with ``--template chatglm3`` (the header as the user's
+    query, the text as the answer), so the template's role tokens are known to the base; the
+    others are the header and its line break, then the text, each encoded on its own.
+    """
+    from sft.data.encoding import encode_example, encode_prompt
+    from sft.data.formats import Example
+    from sft.data.templates import Turn, get_template
+
+    template, rng, encoded = get_template("chatglm3"), random.Random(seed), []
+    plain = [i for i, _ in enumerate(documents) if rng.random() >= chat_share]
+    headers, texts = zip(*(doc.split("\n", 1) for doc in documents))
+    by_index = {}
+    if plain:
+        header_ids = tokenizer([headers[i] + "\n" for i in plain], add_special_tokens=False, verbose=False)["input_ids"]
+        text_ids = tokenizer([texts[i] for i in plain], add_special_tokens=False, verbose=False)["input_ids"]
+        by_index = {i: (h + t + [tokenizer.eos_token_id], len(h)) for i, h, t in zip(plain, header_ids, text_ids)}
+    for i, (header, text) in enumerate(zip(headers, texts)):
+        if i not in by_index:
+            example = Example(template.render([Turn(header, text)]))
+            ids = encode_example(example, tokenizer, 10**6, 10**6)["input_ids"]
+            by_index[i] = (ids, len(encode_prompt(example, tokenizer, 10**6)))
+        encoded.append(by_index[i])
+    return encoded
+
+
+def pack_records(records: list[tuple[list[int], int]], seq_len: int) -> tuple[list[list[int]], list[int]]:
+    """Rows that each start at a record: records follow one another, the row's last one is cut at
+    ``seq_len`` (and the next row starts at the record after it). Returns rows and the header
+    length of each row's first record."""
+    rows, headers, i = [], [], 0
+    while i < len(records):
+        row, header = [], min(records[i][1], seq_len - 1)
+        while len(row) < seq_len and i < len(records):
+            row += records[i][0]
+            i += 1
+        if len(row) >= seq_len:  # the remainder of the corpus that does not fill a row is dropped
+            rows.append(row[:seq_len])
+            headers.append(header)
+    return rows, headers
+
+
 class PackedCorpus:
-    """Token streams cut into ``(N, seq_len)`` rows per source, sampled by source weight.
+    """``(N, seq_len)`` rows per source, with the header length of each row (0: no header),
+    sampled by source weight.
 
     Within a source rows are visited in a seeded random order, reshuffled after each pass.
     """
 
-    def __init__(self, streams: dict[str, list[int]], weights: dict[str, float], seq_len: int, seed: int):
-        self.rows = {}
+    def __init__(
+        self,
+        streams: dict[str, list[int]],
+        weights: dict[str, float],
+        seq_len: int,
+        seed: int,
+        records: dict[str, list[tuple[list[int], int]]] | None = None,
+    ):
+        self.rows, self.headers = {}, {}
         for name, stream in streams.items():
             n = len(stream) // seq_len
             if n:
                 self.rows[name] = torch.tensor(stream[: n * seq_len]).view(n, seq_len)  # (N, T)
+                self.headers[name] = torch.zeros(n, dtype=torch.long)  # (N,)
+        for name, docs in (records or {}).items():
+            rows, headers = pack_records(docs, seq_len)
+            if rows:
+                self.rows[name], self.headers[name] = torch.tensor(rows), torch.tensor(headers)
         if not self.rows:
             raise ValueError(f"corpus too small: no source has {seq_len} tokens (--seq_len)")
         self.names = list(self.rows)
@@ -224,39 +296,51 @@ class PackedCorpus:
         self.rng = random.Random(seed)
         self.order = {name: [] for name in self.names}
 
-    def _next_row(self, name: str) -> torch.Tensor:
+    def _next_row(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.order[name]:
             self.order[name] = list(range(len(self.rows[name])))
             self.rng.shuffle(self.order[name])
-        return self.rows[name][self.order[name].pop()]
+        i = self.order[name].pop()
+        return self.rows[name][i], self.headers[name][i]
 
-    def sample(self, batch_size: int) -> torch.Tensor:
-        """``(B, T)`` token ids."""
+    def sample(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, T)`` token ids and ``(B,)`` header lengths."""
         names = self.rng.choices(self.names, weights=self.weights, k=batch_size)
-        return torch.stack([self._next_row(name) for name in names])
+        rows, headers = zip(*(self._next_row(name) for name in names))
+        return torch.stack(rows), torch.stack(headers)
 
 
-def source_weights(token_counts: dict[str, int], ad_copy_weight: float) -> dict[str, float]:
-    """Ad-copy sources share ``ad_copy_weight``, the others the rest, each in proportion to its tokens."""
-    ad = {n: c for n, c in token_counts.items() if n in ("ad_copy", "adgen_train")}
-    general = {n: c for n, c in token_counts.items() if n not in ad}
-    if not ad or not general:
+def source_weights(token_counts: dict[str, int], records_weight: float) -> dict[str, float]:
+    """The project's records share ``records_weight``, the others the rest, each in proportion to its tokens."""
+    own = {n: c for n, c in token_counts.items() if n == "records"}
+    general = {n: c for n, c in token_counts.items() if n not in own}
+    if not own or not general:
         return {n: c / sum(token_counts.values()) for n, c in token_counts.items()}
-    weights = {n: ad_copy_weight * c / sum(ad.values()) for n, c in ad.items()}
-    weights |= {n: (1 - ad_copy_weight) * c / sum(general.values()) for n, c in general.items()}
+    weights = {n: records_weight * c / sum(own.values()) for n, c in own.items()}
+    weights |= {n: (1 - records_weight) * c / sum(general.values()) for n, c in general.items()}
     return weights
 
 
 # --------------------------------------------------------------------------- objective
 
 
-def sample_split_points(batch_size: int, args: PretrainArguments, rng: random.Random) -> torch.Tensor:
-    """``(B,)`` prefix lengths: 0 for a causal row, uniform in ``[0, max_prefix]`` for a prefix-LM row."""
+def sample_split_points(
+    batch_size: int, args: PretrainArguments, rng: random.Random, headers: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``(B,)`` prefix lengths: 0 for a causal row, uniform in ``[0, max_prefix]`` for a prefix-LM row.
+
+    A row with a header (``headers``, ``(B,)``, > 0) is split right after it unless the objective
+    is ``causal``: the header is always read both ways, as a P-tuning prompt is later.
+    """
     max_prefix = int(args.max_prefix_fraction * args.seq_len)
     splits = []
-    for _ in range(batch_size):
+    for b in range(batch_size):
+        header = int(headers[b]) if headers is not None else 0
         prefix_lm = args.objective == "prefix_lm" or (args.objective == "mix" and rng.random() < args.prefix_lm_share)
-        splits.append(rng.randint(0, max_prefix) if prefix_lm else 0)
+        if header and args.objective != "causal":
+            splits.append(header)
+        else:
+            splits.append(rng.randint(0, max_prefix) if prefix_lm else 0)
     return torch.tensor(splits)
 
 
@@ -309,7 +393,8 @@ def train(model: GlmForCausalLM, data: PackedCorpus, args: PretrainArguments) ->
         lr = learning_rate(progress, step, args)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        inputs = model_inputs(data.sample(args.batch_size), sample_split_points(args.batch_size, args, rng))
+        input_ids, headers = data.sample(args.batch_size)
+        inputs = model_inputs(input_ids, sample_split_points(args.batch_size, args, rng, headers))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
             loss = model(**inputs).loss
         loss.backward()
@@ -426,6 +511,8 @@ def save(
     (out / HELDOUT_FILE).write_text(text, encoding="utf-8")
     (out / HELDOUT_PPL_FILE).write_text(json.dumps(metrics["evaluation"], indent=2, ensure_ascii=False) + "\n")
     (out / ARGS_FILE).write_text(json.dumps(asdict(args), indent=2, ensure_ascii=False) + "\n")
+    # The records taught it header -> text under a bidirectional header: tune it the same way.
+    (out / DEFAULTS_FILE).write_text(json.dumps({"mask": "prefix_lm", "template": "chatglm3"}) + "\n")
     (out / "train_log.json").write_text(json.dumps(metrics["training"]["log"], indent=1) + "\n")
     return out
 
@@ -443,7 +530,10 @@ def model_card(args: PretrainArguments, config: GlmConfig, metrics: dict, sample
 
 A tiny ChatGLM2/3-style model (transformers `GlmForCausalLM`) trained from scratch on this
 machine, shipped so that the project runs offline without downloading weights. It writes
-Chinese-looking text, mostly product copy; it is a test and demo base model, not an assistant.
+Chinese-looking text: plain prose, dictionary entries, and short texts that use a `键：值；键：值` or
+`【键】值【键】值` header: product texts about goods for the home and the desk, foods, cities, animals, tools,
+books and the like. It is a test and demo base model, not an assistant. It has never seen clothing ad copy,
+ADGEN's `键#值*键#值` layout or anything under `data/`: the P-tuning demo's task is new to it.
 
 ## Architecture
 
@@ -453,15 +543,22 @@ hidden {config.hidden_size}, {config.num_hidden_layers} layers, {config.num_atte
 RMSNorm eps {config.rms_norm_eps}, rotary on half of each head (`partial_rotary_factor` 0.5),
 qkv bias, tied input/output embeddings, up to {config.max_position_embeddings} positions.
 
-Tokenizer: SentencePiece unigram, {config.vocab_size} pieces, byte fallback, identity normalisation,
+Tokenizer (`tools.build_tokenizer`, trained on the corpus below): SentencePiece unigram, {config.vocab_size} pieces, byte fallback, identity normalisation,
 no dummy prefix, `"\\n"` as a piece; ids 0-3 `<unk> <s> </s> <pad>`, then `[gMASK] sop eop <|system|>
 <|user|> <|assistant|> <|observation|>`. `add_special_tokens=True` adds nothing. Generation stops at
 `</s>`, `<|user|>` or `<|observation|>`.
 
 ## Corpus
 
-Read in place from installed packages (`pip install -e .[pretrain]`) or written by the project; no
-text is copied into the repository. `data/adgen/dev.json` and any real ADGEN data were never read.
+Read in place from installed packages (`pip install -e .[pretrain]`) or written by the project
+(`tools/records.py`); no text is copied into the repository. Nothing under `data/` and no ad copy was
+read (`tests/tools/test_corpus.py` rebuilds the document list and checks that no `data/adgen` answer,
+nor any 20-character piece of one, is in it). Records sources start their rows at a document; their
+header is the bidirectional prompt of prefix-LM rows. {args.records_chat_share:.0%} of the project's records
+are laid out as a ChatGLM3 chat turn (`[gMASK]sop<|user|>\\n` header `<|assistant|>\\n` text), as
+`sft.data` encodes a row with `--template chatglm3`; the others as the header, a line break and the text.
+{args.records_open_share:.0%} of their values are random words of jionlp's dictionary, which the text can only
+name by copying them from the header.
 
 | source | what | licence | train docs | train tokens | held-out docs | row weight | held-out ppl |
 |---|---|---|---|---|---|---|---|
@@ -482,12 +579,12 @@ cosine decay to {args.min_lr_ratio}x, seed {args.seed}.
 
 ## Evaluation
 
-Causal perplexity of `heldout.txt` (held-out 三国演义 paragraphs and synthetic ad copy, never
+Causal perplexity of `heldout.txt` (held-out documents of {args.heldout_sources.replace(",", ", ")}, never
 trained on; windows of {ev["seq_len"]} tokens, `tools.pretrain.heldout_perplexity`):
 
 heldout_perplexity: {ev["heldout_txt_perplexity"]}
 
-Greedy continuation of `{sample[0]}`: {sample[1]!r}
+Greedy continuation of {sample[0]!r}: {sample[1]!r}
 
 ## Rebuild
 
@@ -521,10 +618,14 @@ def pretrain(args: PretrainArguments) -> None:
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_dir)
     loaded = load_sources(args)
     train_docs, heldout_docs = split_sources(loaded, args)
-    streams = {name: encode_documents(tokenizer, docs) for name, docs in train_docs.items()}
-    weights = source_weights({n: len(s) for n, s in streams.items()}, args.ad_copy_weight)
+    is_records = {source.name: source.records for source, _ in loaded}
+    streams = {n: encode_documents(tokenizer, d) for n, d in train_docs.items() if not is_records[n]}
+    records = {n: encode_records(tokenizer, d, args.records_chat_share, args.seed)
+               for n, d in train_docs.items() if is_records[n]}
+    token_counts = {n: len(s) for n, s in streams.items()} | {n: sum(len(ids) for ids, _ in r) for n, r in records.items()}
+    weights = source_weights(token_counts, args.records_weight)
     try:
-        data = PackedCorpus(streams, weights, args.seq_len, args.seed)
+        data = PackedCorpus(streams, weights, args.seq_len, args.seed, records)
     except ValueError as err:  # a corpus shorter than one row: the user's file or --seq_len
         raise UserError(str(err)) from None
     config = build_config(args, tokenizer)
@@ -542,13 +643,13 @@ def pretrain(args: PretrainArguments) -> None:
         "machine": machine_description(args.num_threads),
         "corpus": [
             {"name": s.name, "description": s.description, "licence": s.licence, "train_documents": len(train_docs[s.name]),
-             "train_tokens": len(streams[s.name]), "heldout_documents": len(heldout_docs[s.name]), "weight": weights[s.name]}
+             "train_tokens": token_counts[s.name], "heldout_documents": len(heldout_docs[s.name]), "weight": weights[s.name]}
             for s, _ in loaded
         ],
     }
     out = save(model, tokenizer, args, text, metrics)
     metrics["weights_bytes"] = (out / "model.safetensors").stat().st_size
-    prompt = "这款连衣裙"
+    prompt = "类别：动物；动物：熊猫；栖息地：竹林；性格：温顺\n"
     card = model_card(args, config, metrics, (prompt, greedy_sample(model, tokenizer, prompt)))
     (out / CARD_FILE).write_text(card, encoding="utf-8")
     logger.info("saved model, tokenizer and card to %s", out)

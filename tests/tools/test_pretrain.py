@@ -24,6 +24,7 @@ from tools.pretrain import (
     PretrainArguments,
     main,
     model_inputs,
+    pack_records,
     sample_split_points,
     validate_args,
 )
@@ -49,13 +50,29 @@ def test_split_points_follow_objective():
     assert 50 < (mixed == 0).sum() < 150
 
 
+def test_records_rows_start_at_a_record_and_carry_its_header_length():
+    records = [([1, 2, 3, 4, 5], 2), ([6, 7, 8], 1), ([9, 10, 11, 12, 13, 14], 3), ([15], 1)]
+    rows, headers = pack_records(records, seq_len=6)
+    assert rows == [[1, 2, 3, 4, 5, 6], [9, 10, 11, 12, 13, 14]]  # 7, 8 cut; [15] fills no row
+    assert headers == [2, 3]
+
+
+def test_prefix_lm_rows_with_a_header_split_after_it():
+    rng = random.Random(0)
+    args = PretrainArguments(objective="prefix_lm", seq_len=64)
+    splits = sample_split_points(4, args, rng, headers=torch.tensor([7, 0, 12, 0]))
+    assert splits[0] == 7 and splits[2] == 12
+    causal = sample_split_points(2, PretrainArguments(objective="causal"), rng, headers=torch.tensor([7, 12]))
+    assert causal.tolist() == [0, 0]
+
+
 def test_validate_args_names_every_bad_flag_in_one_line():
     with pytest.raises(ValueError) as err:
-        validate_args(PretrainArguments(objective="mlm", ad_copy_weight=2.0, num_key_value_heads=0))
+        validate_args(PretrainArguments(objective="mlm", records_weight=2.0, num_key_value_heads=0))
     assert str(err.value) == (
         "--num_key_value_heads: expected a positive integer, found 0; "  # not a ZeroDivisionError
         "--objective: expected one of causal, prefix_lm, mix, found 'mlm'; "
-        "--ad_copy_weight: expected a value in [0, 1], found 2.0"
+        "--records_weight: expected a value in [0, 1], found 2.0"
     )
 
 

@@ -39,7 +39,7 @@ def served_checkpoints(tmp_path_factory) -> dict[str, Path]:
     """``{"adgen-pt": P-tuning checkpoint, "adgen-lora": LoRA checkpoint}`` on the embedded model."""
     root = tmp_path_factory.mktemp("served")
     return {
-        "adgen-pt": train_embedded(root / "pt", "ptuning", "--pre_seq_len", "8", "--learning_rate", "0.05"),
+        "adgen-pt": train_embedded(root / "pt", "ptuning", "--pre_seq_len", "16", "--learning_rate", "0.3"),
         "adgen-lora": train_embedded(root / "lora", "lora", "--learning_rate", "0.01"),
     }
 

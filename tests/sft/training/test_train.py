@@ -278,11 +278,11 @@ def test_load_best_model_at_end_restores_the_best_prefix(tiny_model_dir, tmp_pat
 # produced once by running this test's argv and printing train_metrics.json's losses (identical in
 # separate processes, with 1 or 2 threads). The prefix is drawn right after re-seeding, so evaluating
 # the base first (--eval_base_loss) must not change them. If they change, what training computes has
-# changed: find out why before updating them.
-STORED_LOSSES = [8.992866, 8.976027, 8.946634, 8.947039]
-# The same run's dev losses: base model without a prefix 8.997113, after the 4 steps 8.947811. A random
-# untrained prefix alone scores close to the base (the same argv with --learning_rate 1e-30), hence the
-# margin below.
+# changed: find out why before updating them. (Last updated with the embedded tokenizer of issue 12, which
+# the tiny model uses: new token ids, new random rows.)
+STORED_LOSSES = [8.994801, 8.995021, 8.984921, 8.972055]
+# The same run's dev losses: base model without a prefix 9.001279, after the 4 steps 8.975345. A random
+# untrained prefix alone scores 9.002299 (the same argv with --learning_rate 1e-30), hence the margin below.
 
 
 @pytest.mark.parametrize("base_eval", [True, False], ids=["base-evaluated-first", "no-base-evaluation"])
@@ -295,4 +295,4 @@ def test_recipe_learns_the_stored_losses(tiny_model_dir, tmp_path, base_eval):
     assert [losses[step] for step in (1, 2, 3, 4)] == pytest.approx(STORED_LOSSES, abs=1e-4)
     final = train_history(tmp_path)[-1]
     if base_eval:
-        assert final["eval_loss"] < final["base_dev_loss"] - 0.03
+        assert final["eval_loss"] < final["base_dev_loss"] - 0.015

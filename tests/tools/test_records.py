@@ -1,0 +1,91 @@
+"""tools.records: what the embedded base learns from, and what it must not see.
+
+The records teach one skill (a header of key/value pairs -> a text naming every value) on things
+that are not clothing, in header layouts that are not ADGEN's: P-tuning on data/adgen then has
+something to steer, and something left to learn.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from transformers import AutoTokenizer
+
+from sft.embedded import DEFAULT_MODEL_DIR
+from tools import synthetic
+from tools.pretrain import encode_records
+from tools.records import GOODS_KINDS, HEADER_STYLES, KINDS, record_corpus, render_header
+
+WORDS = ("雨伞", "信封", "钥匙", "照片", "地图", "茶杯", "风筝", "围巾", "书包", "扇子")
+
+
+def parse_header(header: str) -> list[tuple[str, str]]:
+    """The pairs of a header, read back independently of :func:`render_header`."""
+    if header.startswith("【"):
+        return [tuple(part.split("】", 1)) for part in header[1:].split("【")]
+    for pair, separator in (("：", "；"), ("=", " "), (":", ",")):
+        if pair in header:
+            return [tuple(part.split(pair, 1)) for part in header.split(separator)]
+    raise AssertionError(f"not a header: {header}")
+
+
+def test_headers_render_in_both_layouts_and_never_in_adgens():
+    pairs = [("类型", "沙发"), ("颜色", "卡其色"), ("图案", "条纹"), ("图案", "植物")]
+    assert render_header(pairs, "colon") == "类型：沙发；颜色：卡其色；图案：条纹；图案：植物"
+    assert render_header(pairs, "bracket") == "【类型】沙发【颜色】卡其色【图案】条纹【图案】植物"
+    assert render_header(pairs, "ascii") == "类型:沙发,颜色:卡其色,图案:条纹,图案:植物"
+    assert render_header(pairs, "equals") == "类型=沙发 颜色=卡其色 图案=条纹 图案=植物"
+    with pytest.raises(ValueError, match="expected one of colon, bracket, ascii, equals, found 'adgen'"):
+        render_header(pairs, "adgen")
+    records = record_corpus(2000, seed=5, words=WORDS, open_share=0.3)
+    headers = [r.split("\n", 1)[0] for r in records]
+    assert not any("#" in h or "*" in h for h in headers)
+    assert {next(s for s in HEADER_STYLES if render_header(parse_header(h), s) == h) for h in headers} == set(HEADER_STYLES)
+
+
+def test_every_value_of_a_header_is_named_in_its_text():
+    records = record_corpus(3000, seed=7, words=WORDS, open_share=0.3)
+    for record in records:
+        header, text = record.split("\n", 1)
+        for key, value in parse_header(header):
+            if key != "类别":
+                assert value in text, (value, record)
+    opened = sum(any(v in WORDS for _, v in parse_header(r.split("\n", 1)[0])) for r in records)
+    assert opened > 0.3 * len(records)  # values copied from the word list, not learnable from the kind
+
+
+def test_same_seed_same_records_and_goods_share():
+    assert record_corpus(300, seed=3, words=WORDS) == record_corpus(300, seed=3, words=WORDS)
+    assert record_corpus(300, seed=3, words=WORDS) != record_corpus(300, seed=4, words=WORDS)
+    goods_nouns = {n for kind in GOODS_KINDS for n in kind.nouns}
+    records = record_corpus(2000, seed=3, words=WORDS, goods_share=0.5)
+    goods = sum(parse_header(r.split("\n", 1)[0])[0][1] in goods_nouns for r in records)
+    assert 0.4 * len(records) < goods < 0.6 * len(records)
+
+
+def test_no_kind_is_clothing():
+    """Neither the goods nor the other kinds name a garment of the demo data's generator."""
+    garments = {*synthetic.SKIRT_LENGTHS, *synthetic.SKIRT_SHAPES, *synthetic.PANTS_LENGTHS, "上衣", "裙", "裤",
+                *synthetic.TOP_GARMENTS, *synthetic.PANTS_SHAPES}
+    nouns = {n for kind in (*GOODS_KINDS, *KINDS) for n in kind.nouns}
+    values = {v for kind in (*GOODS_KINDS, *KINDS) for bank, _ in kind.fields.values() for v in bank}
+    assert not (nouns | values) & garments
+
+
+def test_chat_records_are_laid_out_as_a_chatglm3_turn():
+    tokenizer = AutoTokenizer.from_pretrained(DEFAULT_MODEL_DIR)
+    docs = ["类型：台灯；颜色：白色\n这款台灯，选用白色。", "【类别】植物【植物】竹子\n院子里种着竹子。"]
+    chat = encode_records(tokenizer, docs, chat_share=1.0)
+    plain = encode_records(tokenizer, docs, chat_share=0.0)
+    for (ids, header), doc in zip(chat, docs):
+        head, text = doc.split("\n", 1)
+        assert tokenizer.decode(ids[:header]) == f"[gMASK]sop<|user|>\n{head}<|assistant|>\n"
+        assert tokenizer.decode(ids[header:]) == text + "</s>"
+    for (ids, header), doc in zip(plain, docs):
+        assert tokenizer.decode(ids[:header]) == doc.split("\n", 1)[0] + "\n"
+        assert tokenizer.decode(ids[header:]) == doc.split("\n", 1)[1] + "</s>"
+    mixed = encode_records(tokenizer, docs * 200, chat_share=0.5, seed=1)
+    share = sum(ids[0] == tokenizer.convert_tokens_to_ids("[gMASK]") for ids, _ in mixed) / len(mixed)
+    assert 0.4 < share < 0.6
+    assert mixed == encode_records(tokenizer, docs * 200, chat_share=0.5, seed=1)
