@@ -1,8 +1,8 @@
 """Seeded generator of the project's own sample data: ADGEN-style and Alpaca-style rows.
 
 The real AdvertiseGen (ADGEN) corpus cannot ship with the project, so the sample files under
-``data/`` and the pretraining text of the embedded model are written here from hand-made phrase
-banks. An ADGEN row pairs clothing attributes with a paragraph of ad copy::
+``data/`` are written here from hand-made phrase banks (the embedded model never saw any of this
+generator's text: its corpus is :mod:`tools.corpus`). An ADGEN row pairs clothing attributes with a paragraph of ad copy::
 
     {"content": "类型#上衣*版型#宽松*材质#纯棉*衣样式#衬衫", "summary": "这款衬衫，……"}
 
@@ -747,7 +747,7 @@ def generate_alpaca_rows(n: int, seed: int) -> list[dict[str, str]]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Sample files and pretraining text.
+# Sample files.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -777,22 +777,6 @@ def render(relpath: str, rows: list[Row]) -> str:
 def sample_files() -> dict[str, str]:
     """Text of every sample file, keyed by path under ``--out_dir``."""
     return {relpath: render(relpath, rows) for relpath, rows in sample_splits().items()}
-
-
-def _ad_copy(rng: random.Random) -> str:
-    return _draw_product(rng).summary
-
-
-def ad_copy_corpus(n: int, seed: int) -> list[str]:
-    """Return ``n`` distinct ad-copy paragraphs for pretraining the embedded model.
-
-    The random stream is keyed by a string, so it never coincides with the int-seeded streams of
-    the sample files, and no paragraph equals a summary or output in those files.
-    """
-    rows = [row for split in sample_splits().values() for row in split]
-    seen = {row.get("summary") or row["output"] for row in rows}
-    rng = random.Random(f"ad-copy-corpus:{seed}")
-    return [_draw_unique(_ad_copy, rng, lambda text: text, seen) for _ in range(n)]
 
 
 def main() -> None:

@@ -10,7 +10,6 @@ import pytest
 
 from tools import synthetic
 from tools.synthetic import (
-    ad_copy_corpus,
     generate_adgen_rows,
     generate_alpaca_rows,
     sample_files,
@@ -62,7 +61,7 @@ def _read_rows(relpath: str) -> list[dict[str, str]]:
     return [json.loads(line) for line in text.splitlines()]
 
 
-@pytest.mark.parametrize("generate", [generate_adgen_rows, generate_alpaca_rows, ad_copy_corpus])
+@pytest.mark.parametrize("generate", [generate_adgen_rows, generate_alpaca_rows])
 def test_same_seed_same_rows(generate: Callable[[int, int], list]) -> None:
     assert generate(30, 5) == generate(30, 5)
     assert generate(30, 5) != generate(30, 6)
@@ -143,12 +142,3 @@ def test_dev_and_train_are_disjoint() -> None:
     assert not {row["summary"] for row in train} & {row["summary"] for row in dev}
     train, dev = _read_rows("alpaca/train.json"), _read_rows("alpaca/dev.json")
     assert not _prompts(train) & _prompts(dev)
-
-
-def test_ad_copy_corpus_avoids_the_sample_files() -> None:
-    corpus = ad_copy_corpus(300, seed=0)
-    assert len(corpus) == len(set(corpus)) == 300
-    splits = synthetic.sample_splits().values()
-    sample_text = {row.get("summary") or row["output"] for split in splits for row in split}
-    assert not sample_text & set(corpus)
-    assert all(synthetic.SUMMARY_MIN <= len(text) <= synthetic.SUMMARY_MAX for text in corpus)
