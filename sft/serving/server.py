@@ -94,7 +94,7 @@ def _api(engine: Engine, api_key: str | None) -> APIRouter:
         body = await _read(request, ChatRequest)
         name = _servable(engine, body.model)
         messages = [message.for_engine() for message in body.messages]
-        prompt = _encode(engine, name, "messages", lambda: engine.chat_prompt(name, messages, truncate=False))
+        prompt = _encode(engine, name, "messages", lambda cut: engine.chat_prompt(name, messages, truncate=cut))
         return await _answer(request, engine, CHAT, name, [prompt], body)
 
     @router.post("/completions")
@@ -103,7 +103,7 @@ def _api(engine: Engine, api_key: str | None) -> APIRouter:
         _check_key(request, api_key)
         body = await _read(request, CompletionRequest)
         name = _servable(engine, body.model)
-        prompts = [_encode(engine, name, "prompt", lambda text=text: engine.completion_prompt(name, text, truncate=False))
+        prompts = [_encode(engine, name, "prompt", lambda cut, text=text: engine.completion_prompt(name, text, truncate=cut))
                    for text in body.prompts()]
         return await _answer(request, engine, COMPLETION, name, prompts, body)
 
@@ -155,17 +155,19 @@ def _servable(engine: Engine, name: str, param: str | None = "model") -> str:
     return name
 
 
-def _encode(engine: Engine, name: str, param: str, encode: Callable[[], list[int]]) -> list[int]:
-    """The prompt's ids, refused (400) when longer than ``name`` accepts."""
+def _encode(engine: Engine, name: str, param: str, encode: Callable[[bool], list[int]]) -> list[int]:
+    """The prompt's ids as ``sft.infer`` gives them (``encode(True)``: cut from the left to the checkpoint's
+    ``max_source_length``, as it was trained), refused (400) when the whole prompt (``encode(False)``) is
+    longer than the model's positions: no cut would make that the user's question any more."""
     try:
-        ids = encode()
+        whole = encode(False)
+        limit = engine.servable(name).group.max_positions
+        if len(whole) > limit:
+            raise APIError(400, f"{param}: expected at most {limit} prompt tokens (the positions of model {name!r}), "
+                           f"found {len(whole)}", param=param, code="context_length_exceeded")
+        return encode(True)
     except RequestError as err:
         raise _request_error(err, param) from None
-    limit = engine.max_prompt_tokens(name)
-    if len(ids) > limit:
-        raise APIError(400, f"{param}: expected at most {limit} prompt tokens for model {name!r}, found {len(ids)}",
-                       param=param, code="context_length_exceeded")
-    return ids
 
 
 def _request_error(err: RequestError, param: str | None = None) -> APIError:

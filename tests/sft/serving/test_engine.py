@@ -254,3 +254,25 @@ def test_chat_prompts_use_each_checkpoints_template(mixed_engine):
     alpaca = mixed_engine.chat_prompt("alpaca-pt", [{"role": "user", "content": "你好"}])
     assert tokenizer.decode(alpaca).endswith("appropriately completes the request.\n\n### Instruction:\n你好\n\n### Response:")
     assert len(alpaca) == mixed_engine.max_prompt_tokens("alpaca-pt") == 128  # cut from the left, as sft.infer cuts
+
+
+def test_the_openai_client_gets_sft_infers_answer_from_each_checkpoint_concurrently(mixed_engine, reference,
+                                                                                   start_server, batch_sizes):
+    """The acceptance of serving, end to end: the official client, over HTTP, all checkpoints at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import openai
+
+    client = openai.OpenAI(base_url=start_server(mixed_engine).api, api_key="unused", max_retries=0)
+    asks = [(name, prompt) for name in mixed_engine.names for prompt in PROMPTS]
+
+    def ask(pair):
+        name, prompt = pair
+        answer = client.completions.create(model=name, prompt=prompt, max_tokens=MAX_TOKENS, temperature=0)
+        return answer.choices[0].text
+
+    batch_sizes.clear()
+    with ThreadPoolExecutor(len(asks)) as pool:
+        answers = list(pool.map(ask, asks))
+    assert answers == [reference[pair] for pair in asks]
+    assert any({"adgen-pt", "alpaca-pt", "adgen-lora"} <= step for step in batch_sizes)  # decoded together

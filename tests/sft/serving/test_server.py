@@ -180,19 +180,26 @@ def test_the_openai_client_raises_its_own_errors(client):
         chat(client, "base", max_tokens=-1)
 
 
-def test_a_prompt_longer_than_the_checkpoint_was_trained_on_is_refused_not_cut(client, engine):
-    """A silently cut prompt would answer a question the user did not ask: the API refuses it (400),
-    naming the limit (the checkpoint's max_source_length) and the prompt's length; sft.infer cuts as training did."""
+def test_a_long_prompt_is_cut_as_sft_infer_cuts_it_and_one_beyond_the_model_is_refused(client, engine):
+    """Up to the model's positions a prompt is cut to the checkpoint's max_source_length as training and
+    ``sft.infer`` cut it (from the left, keeping the template's cue; usage shows what was kept); beyond them
+    it is refused (400, context_length_exceeded), naming both lengths."""
     limit = engine.max_prompt_tokens("adgen-pt")
-    long = "*".join(f"颜色#红色{i}" for i in range(200))
-    found = len(engine.chat_prompt("adgen-pt", [{"role": "user", "content": long}], truncate=False))
-    assert found > limit == len(engine.chat_prompt("adgen-pt", [{"role": "user", "content": long}]))
-    for call in (lambda: client.chat.completions.create(model="adgen-pt", messages=[{"role": "user", "content": long}]),
-                 lambda: client.completions.create(model="adgen-pt", prompt=long, max_tokens=2)):
+    long = "*".join(f"颜色#红色{i}" for i in range(40))
+    answer = client.chat.completions.create(model="adgen-pt", messages=[{"role": "user", "content": long}],
+                                            max_tokens=2, temperature=0)
+    assert answer.usage.prompt_tokens == limit
+    too_long = "*".join(f"颜色#红色{i}" for i in range(400))
+    found = len(engine.chat_prompt("adgen-pt", [{"role": "user", "content": too_long}], truncate=False))
+    positions = engine.servable("adgen-pt").group.max_positions
+    assert found > positions
+    for call in (lambda: client.chat.completions.create(model="adgen-pt",
+                                                        messages=[{"role": "user", "content": too_long}]),
+                 lambda: client.completions.create(model="adgen-pt", prompt=too_long, max_tokens=2)):
         with pytest.raises(openai.BadRequestError) as err:
             call()
         assert err.value.status_code == 400
-        assert f"expected at most {limit} prompt tokens for model 'adgen-pt', found {found}" in str(err.value)
+        assert f"expected at most {positions} prompt tokens (the positions of model 'adgen-pt'), found" in str(err.value)
     assert greedy(client, "adgen-pt", max_tokens=2) is not None  # still serving
 
 
