@@ -38,17 +38,11 @@ SPACE_PIECE = "\u2581"  # SentencePiece's visible space
 
 
 @dataclass
-class TokenizerArguments:
+class TokenizerArguments(corpus.RecordsArguments):
     output_dir: str = field(default=str(DEFAULT_MODEL_DIR), metadata={"help": "Where the tokenizer files are written."})
     vocab_size: int = field(default=8000, metadata={"help": "Vocabulary size, special and byte pieces included."})
     character_coverage: float = field(
         default=0.9995, metadata={"help": "Share of corpus characters given their own piece; the rest fall back to bytes."}
-    )
-    records_count: int = field(
-        default=40000, metadata={"help": "Records in the corpus (tools.records.record_corpus), as tools.pretrain reads."}
-    )
-    records_open_share: float = field(
-        default=0.7, metadata={"help": "Share of record values drawn from the word list (tools.pretrain's flag)."}
     )
     max_piece_length: int = field(
         default=6, metadata={"help": "Longest piece in characters (keeps pieces word-like, not template phrases)."}

@@ -36,7 +36,7 @@ import random
 import re
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -54,6 +54,17 @@ class Source:
     load: Callable[[], list[str]]
     records: bool = False  # documents are header + "\n" + text
 
+
+
+@dataclass
+class RecordsArguments:
+    """The project's records in the corpus (:func:`record_sources`): one definition for the two tools that
+    read the corpus, so the tokenizer is trained on the very records the model is pretrained on."""
+
+    records_count: int = field(default=40000, metadata={"help": "Records from tools.records.record_corpus."})
+    records_open_share: float = field(
+        default=0.7, metadata={"help": "Chance that a record's value is a dictionary word, not one of its kind's bank."}
+    )
 
 def package_dir(package: str) -> Path:
     """Directory of an installed package, located without importing it."""

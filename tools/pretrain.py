@@ -65,7 +65,7 @@ CARD_FILE = "README.md"
 
 
 @dataclass
-class PretrainArguments:
+class PretrainArguments(corpus.RecordsArguments):
     output_dir: str = field(default=str(DEFAULT_MODEL_DIR), metadata={"help": "Where the model, tokenizer and card go."})
     tokenizer_dir: str = field(
         default=str(DEFAULT_MODEL_DIR), metadata={"help": "Tokenizer to use (python -m tools.build_tokenizer writes it)."}
@@ -98,10 +98,6 @@ class PretrainArguments:
         metadata={"help": "Sources (comma-separated) whose held-out documents fill heldout.txt."},
     )
     heldout_max_bytes: int = field(default=28_000, metadata={"help": "Size cap of heldout.txt in UTF-8 bytes."})
-    records_count: int = field(default=40000, metadata={"help": "Records from tools.records.record_corpus."})
-    records_open_share: float = field(
-        default=0.7, metadata={"help": "Chance that a record's value is a dictionary word, not one of its kind's bank."}
-    )
     records_chat_share: float = field(
         default=0.5, metadata={"help": "Share of records laid out as a ChatGLM3 chat turn (header = query)."}
     )

@@ -87,25 +87,30 @@ def _api(engine: Engine, api_key: str | None) -> APIRouter:
         _check_key(request, api_key)
         return _model_card(_servable(engine, name, param=None), created)
 
+    async def complete(request: Request, body_type: type, kind, prompts_of: Callable) -> object:
+        """What both endpoints do: key, body, model, the body's prompts (``prompts_of(body, name)``), answer."""
+        _check_key(request, api_key)
+        body = await _read(request, body_type)
+        name = _servable(engine, body.model)
+        return await _answer(request, engine, kind, name, prompts_of(body, name), body)
+
+    def chat_prompts(body: ChatRequest, name: str) -> list[list[int]]:
+        messages = [message.for_engine() for message in body.messages]
+        return [_encode(engine, name, "messages", lambda cut: engine.chat_prompt(name, messages, truncate=cut))]
+
+    def completion_prompts(body: CompletionRequest, name: str) -> list[list[int]]:
+        return [_encode(engine, name, "prompt", lambda cut, text=text: engine.completion_prompt(name, text, truncate=cut))
+                for text in body.prompts()]
+
     @router.post("/chat/completions")
     @_guarded
     async def chat_completions(request: Request):
-        _check_key(request, api_key)
-        body = await _read(request, ChatRequest)
-        name = _servable(engine, body.model)
-        messages = [message.for_engine() for message in body.messages]
-        prompt = _encode(engine, name, "messages", lambda cut: engine.chat_prompt(name, messages, truncate=cut))
-        return await _answer(request, engine, CHAT, name, [prompt], body)
+        return await complete(request, ChatRequest, CHAT, chat_prompts)
 
     @router.post("/completions")
     @_guarded
     async def completions(request: Request):
-        _check_key(request, api_key)
-        body = await _read(request, CompletionRequest)
-        name = _servable(engine, body.model)
-        prompts = [_encode(engine, name, "prompt", lambda cut, text=text: engine.completion_prompt(name, text, truncate=cut))
-                   for text in body.prompts()]
-        return await _answer(request, engine, COMPLETION, name, prompts, body)
+        return await complete(request, CompletionRequest, COMPLETION, completion_prompts)
 
     return router
 

@@ -11,6 +11,7 @@ before them (``hook.dense``).
 from __future__ import annotations
 
 import copy
+import itertools
 
 import pytest
 import torch
@@ -23,6 +24,7 @@ TOL = 1e-5
 MASKS = ("causal", "prefix_lm")
 BACKENDS = ("sdpa", "eager")
 WITH = ("prefix", "mask_only")  # P-tuning; LoRA and full fine-tuning run the mask-only hook
+CASES = list(itertools.product(MASKS, WITH, BACKENDS))  # every mask, with and without a prefix, on each backend
 
 
 def rows(seed: int = 3) -> list[dict]:
@@ -80,9 +82,7 @@ def test_collator_concatenates_rows_with_positions_from_zero():
     assert padded["labels"].tolist() == [[-100, 6, 7], [-100, 9, -100]]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("with_", WITH)
-@pytest.mark.parametrize("mask", MASKS)
+@pytest.mark.parametrize("mask, with_, backend", CASES)
 def test_packed_batch_equals_padded_batch(mask, with_, backend):
     model, _ = attached(backend, mask, with_ == "prefix")
     model.train()  # no dropout configured: train mode changes nothing but what the Trainer would set
@@ -98,9 +98,7 @@ def test_packed_batch_equals_padded_batch(mask, with_, backend):
     assert (model(**joined).loss - loss_padded).abs() > 1e-3
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("with_", WITH)
-@pytest.mark.parametrize("mask", MASKS)
+@pytest.mark.parametrize("mask, with_, backend", CASES)
 def test_no_row_of_a_packed_batch_influences_another(mask, with_, backend):
     model, _ = attached(backend, mask, with_ == "prefix")
     batch = PackingCollator()(rows())
@@ -116,9 +114,7 @@ def test_no_row_of_a_packed_batch_influences_another(mask, with_, backend):
             assert torch.equal(a, b), index  # bit-identical: row-by-row attention, per-token everything else
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("with_", WITH)
-@pytest.mark.parametrize("mask", MASKS)
+@pytest.mark.parametrize("mask, with_, backend", CASES)
 def test_row_by_row_attention_equals_the_dense_block_mask(mask, with_, backend):
     model, hook = attached(backend, mask, with_ == "prefix")
     batch = PackingCollator()(rows())
@@ -131,9 +127,7 @@ def test_row_by_row_attention_equals_the_dense_block_mask(mask, with_, backend):
 
 
 @pytest.mark.parametrize("padding", ["none", "right", "left"])
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("with_", WITH)
-@pytest.mark.parametrize("mask", MASKS)
+@pytest.mark.parametrize("mask, with_, backend", CASES)
 def test_padded_fast_paths_equal_the_dense_float_mask(mask, with_, backend, padding):
     """No mask (causal, unpadded, no prefix), shared or per-row boolean masks: as the dense float mask."""
     model, hook = attached(backend, mask, with_ == "prefix")
