@@ -22,6 +22,8 @@ that ends it).
 Each choice runs in its own task, which owns the engine's generator and closes it however the task
 ends. A client that goes away cancels its response; the response cancels its tasks, and closing
 the generators frees the engine's slots at once, not when the answer would have been finished.
+A non-streamed answer has no response to cancel until it is complete, so while it is collected the
+connection is watched (every ``DISCONNECT_POLL_S``), and a client gone away ends the collection.
 """
 
 from __future__ import annotations
@@ -277,6 +279,9 @@ class Usage:
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
+DISCONNECT_POLL_S = 0.1
+
+
 async def _answer(request: Request, engine: Engine, api: Api, name: str, prompts: list[list[int]],
                   body: ChatRequest | CompletionRequest):
     """Start every choice, wait for the first delta (so a refusal is still a status code), then answer."""
@@ -296,10 +301,24 @@ async def _answer(request: Request, engine: Engine, api: Api, name: str, prompts
         events = _events(api, head, first, choices, usage, body)
         return EventStream(events, media_type="text/event-stream",
                            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    collect = asyncio.ensure_future(_collect(api, head, first, choices, usage))
+    gone = asyncio.ensure_future(_disconnected(request))
     try:
-        return await _collect(api, head, first, choices, usage)
+        await asyncio.wait({collect, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if collect.done():
+            return collect.result()
+        logger.info("%s: the client left before its answer was complete; its generation stopped", name)
+        return JSONResponse({}, status_code=499)  # nobody reads it; nginx's code for a closed request
     finally:
+        for task in (collect, gone):
+            task.cancel()
         choices.close()
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns once the client has closed the connection."""
+    while not await request.is_disconnected():
+        await asyncio.sleep(DISCONNECT_POLL_S)
 
 
 async def _collect(api: Api, head: dict, first: tuple[int, Delta], choices: Choices, usage: Usage) -> dict:

@@ -275,6 +275,23 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(watched):
     assert not finished and tokens < 900  # closed early, not run to the end
 
 
+def test_a_client_that_disconnects_before_a_whole_answer_frees_its_slot(watched):
+    """Not streamed: the server watches the connection while it collects the answer."""
+    engine, server = watched
+    body = {"model": "adgen-pt", "messages": MESSAGES, "max_tokens": 900, "temperature": 1.0}
+    before = len(engine.closed)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.api}/chat/completions", json=body, timeout=httpx.Timeout(60, read=0.3))  # hangs up
+    deadline = time.monotonic() + 10
+    while len(engine.closed) == before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(engine.closed) > before, "the engine's generation was not closed after the client left"
+    tokens, finished = engine.closed[before]
+    assert not finished and tokens < 900  # closed early, not run to the end
+    client = openai.OpenAI(base_url=server.api, api_key="unused", max_retries=0, timeout=60)
+    assert chat(client, "adgen-pt", max_tokens=4, seed=2).choices[0].finish_reason == "length"  # still serving
+
+
 def test_an_exception_in_one_request_fails_that_request_only(watched):
     _, server = watched
     client = openai.OpenAI(base_url=server.api, api_key="unused", max_retries=0, timeout=60)
