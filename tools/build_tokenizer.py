@@ -53,7 +53,9 @@ class TokenizerArguments(corpus.RecordsArguments):
 def training_lines(args: TokenizerArguments) -> list[str]:
     """Corpus lines for SentencePiece (the pretraining sources of :mod:`tools.corpus`), shuffled."""
     lines: list[str] = []
-    for source in corpus.general_sources() + corpus.record_sources(args.records_count, args.seed, args.records_open_share):
+    for source in corpus.general_sources() + corpus.record_sources(
+        args.records_count, args.seed, args.records_open_share, args.records_generic_share
+    ):
         docs = source.load()
         logger.info("tokenizer corpus: %s, %d documents", source.name, len(docs))
         lines += [line for doc in docs for line in doc.split(NEWLINE)]

@@ -65,6 +65,11 @@ class RecordsArguments:
     records_open_share: float = field(
         default=0.7, metadata={"help": "Chance that a record's value is a dictionary word, not one of its kind's bank."}
     )
+    records_generic_share: float = field(
+        default=0.3,
+        metadata={"help": "Chance that a record's clause names its value in a phrasing for any key, and that a "
+                          "record has an invented key (a dictionary word)."},
+    )
 
 def package_dir(package: str) -> Path:
     """Directory of an installed package, located without importing it."""
@@ -136,11 +141,11 @@ def load_xiehouyu() -> list[str]:
     return _group([line.replace("\t", "——", 1) for line in lines if "\t" in line], "歇后语")
 
 
-def load_records(count: int, seed: int, open_share: float) -> list[str]:
+def load_records(count: int, seed: int, open_share: float, generic_share: float = 0.0) -> list[str]:
     """Structured records about foods, cities, animals... (:func:`tools.records.record_corpus`)."""
     from tools.records import record_corpus
 
-    return record_corpus(count, seed, open_share=open_share)
+    return record_corpus(count, seed, open_share=open_share, generic_share=generic_share)
 
 
 def general_sources() -> list[Source]:
@@ -157,15 +162,16 @@ def general_sources() -> list[Source]:
     ]
 
 
-def record_sources(count: int, seed: int, open_share: float = 0.0) -> list[Source]:
+def record_sources(count: int, seed: int, open_share: float = 0.0, generic_share: float = 0.0) -> list[Source]:
     """Header-then-text sources: the project's records about things other than clothing."""
     return [
         Source(
             "records",
-            f"tools.records.record_corpus({count}, seed={seed}, open_share={open_share}): "
+            f"tools.records.record_corpus({count}, seed={seed}, open_share={open_share}"
+            + (f", generic_share={generic_share}" if generic_share else "") + "): "
             "key：value headers -> text naming the values",
             "this project",
-            lambda: load_records(count, seed, open_share),
+            lambda: load_records(count, seed, open_share, generic_share),
             records=True,
         ),
     ]

@@ -129,7 +129,7 @@ def validate_args(args: PretrainArguments) -> None:
     if args.objective not in OBJECTIVES:
         problems.append(f"--objective: expected one of {', '.join(OBJECTIVES)}, found {args.objective!r}")
     for name in ("prefix_lm_share", "max_prefix_fraction", "heldout_fraction", "records_weight", "records_open_share",
-                 "records_chat_share"):
+                 "records_chat_share", "records_generic_share"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             problems.append(f"--{name}: expected a value in [0, 1], found {getattr(args, name)}")
     if not 2 <= args.seq_len <= args.max_position_embeddings:
@@ -187,7 +187,9 @@ def load_sources(args: PretrainArguments) -> list[tuple[corpus.Source, list[str]
     if args.corpus_file:
         docs = read_corpus_file(args.corpus_file)
         return [(corpus.Source("corpus_file", args.corpus_file, "given by the user", lambda: docs), docs)]
-    sources = corpus.general_sources() + corpus.record_sources(args.records_count, args.seed, args.records_open_share)
+    sources = corpus.general_sources() + corpus.record_sources(
+        args.records_count, args.seed, args.records_open_share, args.records_generic_share
+    )
     loaded = [(source, source.load()) for source in sources]
     for source, docs in loaded:
         logger.info("loaded %s: %d documents, %d characters", source.name, len(docs), sum(map(len, docs)))
@@ -554,7 +556,9 @@ header is the bidirectional prompt of prefix-LM rows. {args.records_chat_share:.
 are laid out as a ChatGLM3 chat turn (`[gMASK]sop<|user|>\\n` header `<|assistant|>\\n` text), as
 `sft.data` encodes a row with `--template chatglm3`; the others as the header, a line break and the text.
 {args.records_open_share:.0%} of their values are random words of jionlp's dictionary, which the text can only
-name by copying them from the header.
+name by copying them from the header. {args.records_generic_share:.0%} of their clauses name a value in a
+phrasing that fits any key (`{{k}}是{{v}}`, `{{v}}的{{k}}`...), and as many records carry an invented key (a dictionary
+word) said that way: a key the base has no phrasing for still gets its value named.
 
 | source | what | licence | train docs | train tokens | held-out docs | row weight | held-out ppl |
 |---|---|---|---|---|---|---|---|

@@ -19,7 +19,10 @@ ADGEN's ``键#值*键#值``:
 reading that layout, the chat template and the clothing domain is what P-tuning has to teach
 the base (``scripts/demo.sh``), and what the base without a prefix cannot do. A share of the
 values (``open_share``) comes from a word list (jionlp's word dictionary, when installed), so
-copying a value the model has never seen in a header is part of the skill.
+copying a value the model has never seen in a header is part of the skill. With ``generic_share``,
+a clause now and then says its value in a phrasing that fits any key (``{k}是{v}``, ``{v}的{k}``...),
+and a record now and then carries an invented key (a dictionary word) said that way: the base
+learns to name the value of a key it has no phrasing for, as ADGEN's ``裙款式`` or ``衣领型`` are to it.
 
 The same ``seed`` always gives the same records (and the same word list gives the same records).
 """
@@ -53,6 +56,9 @@ class Kind:
 
 
 GENERIC_OPENINGS = ("说起{noun}，", "今天聊聊{noun}。", "{noun}很有特点。", "这里介绍的是{noun}。", "{noun}，")
+# Phrasings that fit any key: {k} the key, {v} the value(s).
+GENERIC_PHRASINGS = ("{k}是{v}", "{k}为{v}", "{v}的{k}", "{k}上选了{v}", "说到{k}，是{v}", "{k}方面用的是{v}",
+                     "带有{v}的{k}", "以{v}作为{k}", "{k}采用{v}", "{k}偏{v}")
 CONNECTORS = ("此外，", "同时，", "另外，", "而且，", "值得一提的是，")
 
 KINDS = (
@@ -260,24 +266,33 @@ def _draw_values(pool: tuple[str, ...], k: int, rng: random.Random, words: tuple
     return [rng.choice(words) if rng.random() < open_share else v for v in values]
 
 
-def _draw_header(kind: Kind, rng: random.Random, words: tuple[str, ...], open_share: float) -> dict[str, list[str]]:
-    """The noun and 2-5 other keys, one value each (a second value for one key now and then)."""
+def _draw_header(
+    kind: Kind, rng: random.Random, words: tuple[str, ...], open_share: float, generic_share: float = 0.0
+) -> dict[str, list[str]]:
+    """The noun and 2-5 other keys, one value each (a second value for one key now and then), and with
+    probability ``generic_share`` an invented key."""
     keys = rng.sample(list(kind.fields), rng.randint(min(2, len(kind.fields)), min(5, len(kind.fields))))
     header = {kind.noun_key: _draw_values(kind.nouns, 1, rng, words, open_share)}
     for key in (k for k in kind.fields if k in keys):  # header in the kind's key order
         values = _draw_values(kind.fields[key][0], 2 if rng.random() < 0.15 else 1, rng, words, open_share)
         header[key] = list(dict.fromkeys(values))
+    if generic_share and rng.random() < generic_share:  # an invented key: only a phrasing for any key can say its value
+        key = rng.choice(words)
+        if key not in header and key != kind.noun_key:
+            header[key] = [rng.choice(words)]
     return header
 
 
-def _text(kind: Kind, header: dict[str, list[str]], rng: random.Random) -> str:
-    """Opening with the noun, then one clause per other key in random order, then maybe a closing."""
+def _text(kind: Kind, header: dict[str, list[str]], rng: random.Random, generic_share: float = 0.0) -> str:
+    """Opening with the noun, then one clause per other key in random order, then maybe a closing. A
+    clause uses a phrasing for any key with probability ``generic_share`` (always for an invented key)."""
     noun = header[kind.noun_key][0]
     opening = rng.choice(kind.openings + GENERIC_OPENINGS).format(noun=noun)
     clauses = []
     for key in rng.sample([k for k in header if k != kind.noun_key], len(header) - 1):
-        _, phrasings = kind.fields[key]
-        clause = rng.choice(phrasings).format(v=rng.choice(("和", "、")).join(header[key]))
+        generic = key not in kind.fields or bool(generic_share and rng.random() < generic_share)
+        phrasings = GENERIC_PHRASINGS if generic else kind.fields[key][1]
+        clause = rng.choice(phrasings).format(k=key, v=rng.choice(("和", "、")).join(header[key]))
         if kind.tails and rng.random() < 0.5:
             clause += "，" + rng.choice(kind.tails)
         clauses.append(clause)
@@ -317,12 +332,18 @@ def header_pairs(kind: Kind, header: dict[str, list[str]]) -> list[tuple[str, st
 
 
 def record_corpus(
-    n: int, seed: int, words: tuple[str, ...] | None = None, open_share: float = 0.0, goods_share: float = 0.5
+    n: int,
+    seed: int,
+    words: tuple[str, ...] | None = None,
+    open_share: float = 0.0,
+    goods_share: float = 0.5,
+    generic_share: float = 0.0,
 ) -> list[str]:
     """``n`` distinct records ``header + "\\n" + text``; the same seed gives the same list.
 
     ``open_share``: chance that a value comes from the word list instead of the kind's bank;
-    ``goods_share``: share of records about goods (the rest: foods, cities, animals...).
+    ``goods_share``: share of records about goods (the rest: foods, cities, animals...);
+    ``generic_share``: chance that a clause uses a phrasing for any key, and that a record has an invented key.
     """
     rng = random.Random(seed)
     words = word_list() if words is None else words
@@ -330,8 +351,8 @@ def record_corpus(
     records = []
     while len(records) < n:
         kind = rng.choice(GOODS_KINDS if rng.random() < goods_share else KINDS)
-        header = _draw_header(kind, rng, words, open_share)
-        text = _text(kind, header, rng)
+        header = _draw_header(kind, rng, words, open_share, generic_share)
+        text = _text(kind, header, rng, generic_share)
         record = render_header(header_pairs(kind, header), rng.choice(HEADER_STYLES)) + HEADER_SEPARATOR + text
         if record not in seen:
             seen.add(record)

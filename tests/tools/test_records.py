@@ -15,7 +15,7 @@ from transformers import AutoTokenizer
 from sft.embedded import DEFAULT_MODEL_DIR
 from tools import synthetic
 from tools.pretrain import encode_records
-from tools.records import GOODS_KINDS, HEADER_STYLES, KINDS, record_corpus, render_header
+from tools.records import GENERIC_PHRASINGS, GOODS_KINDS, HEADER_STYLES, KINDS, record_corpus, render_header
 
 WORDS = ("雨伞", "信封", "钥匙", "照片", "地图", "茶杯", "风筝", "围巾", "书包", "扇子")
 
@@ -44,8 +44,9 @@ def test_headers_render_in_both_layouts_and_never_in_adgens():
     assert {next(s for s in HEADER_STYLES if render_header(parse_header(h), s) == h) for h in headers} == set(HEADER_STYLES)
 
 
-def test_every_value_of_a_header_is_named_in_its_text():
-    records = record_corpus(3000, seed=7, words=WORDS, open_share=0.3)
+@pytest.mark.parametrize("generic_share", [0.0, 0.3])
+def test_every_value_of_a_header_is_named_in_its_text(generic_share):
+    records = record_corpus(3000, seed=7, words=WORDS, open_share=0.3, generic_share=generic_share)
     for record in records:
         header, text = record.split("\n", 1)
         for key, value in parse_header(header):
@@ -53,6 +54,21 @@ def test_every_value_of_a_header_is_named_in_its_text():
                 assert value in text, (value, record)
     opened = sum(any(v in WORDS for _, v in parse_header(r.split("\n", 1)[0])) for r in records)
     assert opened > 0.3 * len(records)  # values copied from the word list, not learnable from the kind
+
+
+def test_invented_keys_are_named_with_a_phrasing_for_any_key():
+    """With generic_share, about that share of records has a key no kind has (a word of the list), and
+    its clause is one of the phrasings for any key, with the key and the value in it."""
+    known = {key for kind in (*KINDS, *GOODS_KINDS) for key in (kind.noun_key, *kind.fields)} | {"类别"}
+    records = record_corpus(2000, seed=11, words=WORDS, open_share=0.3, generic_share=0.3)
+    invented = [(record, key, value) for record in records
+                for key, value in parse_header(record.split("\n", 1)[0]) if key not in known]
+    assert 0.2 * len(records) < len(invented) < 0.4 * len(records)
+    for record, key, value in invented:
+        assert key in WORDS and value in WORDS
+        text = record.split("\n", 1)[1]
+        assert any(p.format(k=key, v=value) in text for p in GENERIC_PHRASINGS), record
+    assert record_corpus(300, seed=3, words=WORDS, generic_share=0.0) == record_corpus(300, seed=3, words=WORDS)
 
 
 def test_same_seed_same_records_and_goods_share():
