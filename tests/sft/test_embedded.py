@@ -65,21 +65,36 @@ def test_size_and_special_ids(model, tokenizer):
     assert model.generation_config.pad_token_id == tokenizer.pad_token_id
 
 
-@pytest.mark.parametrize("header, values", [
-    ("类型：台灯；颜色：白色；材质：陶瓷；风格：复古", ("台灯", "白色", "陶瓷", "复古")),
-    ("【类型】花瓶【颜色】蓝色【图案】山水", ("花瓶", "蓝色", "山水")),
-    ("类别：动物；动物：松鼠；食物：果实；栖息地：森林", ("松鼠", "果实", "森林")),
-])
-def test_greedy_text_from_a_new_header_is_chinese_and_names_its_values(model, tokenizer, header, values):
-    """What the base was pretrained to do (tools/records.py), on headers that are not in its corpus."""
-    input_ids = torch.tensor([tokenizer.encode(header + "\n", add_special_tokens=False)])
-    with torch.no_grad():
-        out = model.generate(input_ids, max_new_tokens=40, do_sample=False)
-    text = tokenizer.decode(out[0, input_ids.shape[1] :], skip_special_tokens=True)
-    chars = [c for c in text if not c.isspace()]
-    chinese = [c for c in chars if CJK.match(c) or c in CJK_PUNCTUATION]
-    assert len(chars) >= 10 and len(chinese) >= 0.9 * len(chars), text
-    assert all(value in text for value in values), text
+def parse_header(header: str) -> list[tuple[str, str]]:
+    """A record header's pairs, read back independently of tools.records."""
+    if header.startswith("【"):
+        return [tuple(part.split("】", 1)) for part in header[1:].split("【")]
+    for pair, separator in (("：", "；"), ("=", " "), (":", ",")):
+        if pair in header:
+            return [tuple(part.split(pair, 1)) for part in header.split(separator)]
+    raise AssertionError(f"not a header: {header}")
+
+
+def test_greedy_texts_from_new_headers_are_chinese_and_name_most_values(model, tokenizer):
+    """What the base was pretrained to do (tools/records.py), on 24 records it has not seen (another seed,
+    70% of the values random dictionary words): a Chinese text naming at least 60% of the values in all
+    (the shipped base: 88 of 122, 72%)."""
+    from tools.records import record_corpus
+
+    named = total = 0
+    for record in record_corpus(24, seed=424242, open_share=0.7):
+        header = record.split("\n", 1)[0]
+        input_ids = torch.tensor([tokenizer.encode(header + "\n", add_special_tokens=False)])
+        with torch.no_grad():
+            out = model.generate(input_ids, max_new_tokens=60, do_sample=False)
+        text = tokenizer.decode(out[0, input_ids.shape[1] :], skip_special_tokens=True)
+        chars = [c for c in text if not c.isspace()]
+        chinese = [c for c in chars if CJK.match(c) or c in CJK_PUNCTUATION]
+        assert len(chars) >= 10 and len(chinese) >= 0.9 * len(chars), (header, text)
+        values = [value for key, value in parse_header(header) if key != "类别"]
+        named += sum(value in text for value in values)
+        total += len(values)
+    assert named >= 0.6 * total, f"{named} of {total} values named"
 
 
 def card_perplexity() -> float:
