@@ -18,6 +18,7 @@ exactly as ``sft.infer --checkpoint DIR`` encodes it.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,6 +142,7 @@ def _load_checkpoint(name: str, directory: Path, base: ModelGroup, base_fingerpr
     if info.method == "ptuning":
         return _prefix_servable(name, base, info, _encode_prefix(info, directory), directory)
     if info.method == "lora":
+        _check_mixable(directory)
         adapter = f"adapter_{sum(s.adapter != BASE_ADAPTER for s in catalog.servables.values())}"
         _add_adapter(base, directory, adapter)
         return Servable(name, base, info, checkpoint_data_arguments(info), adapter=adapter, source=str(directory))
@@ -178,6 +180,24 @@ def _prefix_servable(name: str, base: ModelGroup, info: CheckpointInfo, prefix, 
     dtype = next(base.model.parameters()).dtype  # attention casts the prefix to its dtype: do it once
     prefix = (keys.to(base.device, dtype), values.to(base.device, dtype))
     return Servable(name, base, info, checkpoint_data_arguments(info), prefix=prefix, source=str(directory))
+
+
+def _check_mixable(directory: Path) -> None:
+    """A LoRA adapter the server can choose per row: peft's mixed batches (``adapter_names``) take neither
+    DoRA nor adapters on parameters (``target_parameters``, e.g. MoE experts), which would fail every request."""
+    config_file = directory / "adapter_config.json"
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{config_file}: expected a peft adapter config, found {err}") from None
+    unmixable = [name for name, on in (("DoRA (use_dora)", config.get("use_dora")),
+                                       ("target_parameters", config.get("target_parameters"))) if on]
+    if unmixable:
+        raise CheckpointError(
+            f"{directory}: expected a LoRA adapter that can share a batch with other checkpoints, found "
+            f"{' and '.join(unmixable)}, which peft cannot mix per row; serve it merged instead: "
+            f"python -m sft.export --checkpoint {directory}, then --checkpoint NAME=<checkpoint>-merged"
+        )
 
 
 def _add_adapter(base: ModelGroup, directory: Path, adapter: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 
 import pytest
 import torch
@@ -103,3 +104,13 @@ def test_export_refuses_other_methods_and_the_server_another_base(served_checkpo
     (moved / "prefix_kv.safetensors").write_bytes((exported / "prefix_kv.safetensors").read_bytes())
     with pytest.raises(CheckpointError, match="fingerprint 0000000000000000"):
         Engine.load("embedded", {"moved": str(moved)})
+
+
+@pytest.mark.parametrize("setting", [{"use_dora": True}, {"target_parameters": ["mlp.experts.gate_up_proj"]}])
+def test_the_server_refuses_a_lora_adapter_peft_cannot_mix_per_row(served_checkpoints, tmp_path, setting):
+    shutil.copytree(served_checkpoints["adgen-lora"], tmp_path / "lora")
+    config_file = tmp_path / "lora" / "adapter_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), **setting}))
+    with pytest.raises(CheckpointError, match=r"which peft cannot mix per row; serve it merged instead: "
+                                              r"python -m sft.export --checkpoint "):
+        Engine.load("embedded", {"dora": str(tmp_path / "lora")})
