@@ -21,7 +21,8 @@ Arms (each is P-tuning with ``pre_seq_len`` 32, LoRA r 8 on every linear layer, 
 * ``trainer_full``: the plain model + Trainer, dynamic padding.
 
 Each run is its own subprocess (the arms alternate, ``--repeats`` rounds), so imports, warm-up and
-memory start alike. Tokens/s: real tokens (prompt and answer, no padding: the Trainer's
+memory start alike. Positions: the tokens each arm's batches make the model compute, padding included
+(ours: the real tokens). Tokens/s: real tokens (prompt and answer, no padding: the Trainer's
 ``num_input_tokens_seen`` with ``non_padding``) over the seconds from the start of training to the
 end of the last step, timed by a Trainer callback (saving afterwards is not counted). Peak memory:
 the subprocess's peak RSS (``ru_maxrss``: model, optimizer, activations and the Python runtime).
@@ -137,9 +138,23 @@ def run_baseline(arm: str, args, model_dir: Path, out: Path, timer) -> int:
         collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
     training = TrainingArguments(learning_rate=LEARNING_RATES[METHOD_OF[arm]], save_strategy="no",
                                  **shared_flags(args, out))
-    trainer = Trainer(model=model, args=training, train_dataset=dataset, data_collator=collator, callbacks=[timer])
+    trainer = Trainer(model=model, args=training, train_dataset=dataset, data_collator=CountingCollator(collator),
+                      callbacks=[timer])
     trainer.train()
+    timer.positions = trainer.data_collator.positions
     return trainer.state.num_input_tokens_seen
+
+
+class CountingCollator:
+    """A collator that counts the positions its batches make the model compute (padding included)."""
+
+    def __init__(self, collator):
+        self.collator, self.positions = collator, 0
+
+    def __call__(self, rows):
+        batch = self.collator(rows)
+        self.positions += batch["input_ids"].numel()
+        return batch
 
 
 def child(args) -> None:
@@ -153,7 +168,9 @@ def child(args) -> None:
         tokens = runner(args.arm, args, Path(args.model_dir), Path(out), timer)
     seconds = timer.end - timer.start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
-    print(json.dumps({"arm": args.arm, "tokens": tokens, "seconds": seconds, "peak_rss_mb": peak_mb}))
+    positions = getattr(timer, "positions", tokens)  # ours: packed, every position is a real token
+    print(json.dumps({"arm": args.arm, "tokens": tokens, "positions": positions, "seconds": seconds,
+                      "peak_rss_mb": peak_mb}))
 
 
 def parent(args) -> None:
@@ -184,21 +201,24 @@ def parent(args) -> None:
 def report(args, runs: dict[str, list[dict]], threads: int) -> None:
     median = {arm: {"tokens_per_s": statistics.median(r["tokens"] / r["seconds"] for r in results),
                     "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in results),
-                    "tokens": results[0]["tokens"]}
+                    "tokens": results[0]["tokens"], "positions": results[0]["positions"]}
               for arm, results in runs.items()}
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads {threads}; "
           f"{args.rows} rows of {train_file(Path(args.data))}, batch {args.batch_size}, {args.steps} steps, "
           f"{args.repeats} runs per arm (median)")
-    print(f"| {'arm':<15} | {'tokens/s':>9} | {'peak RSS MB':>11} | {'real tokens':>11} |")
-    print(f"|{'-' * 17}|{'-' * 11}:|{'-' * 13}:|{'-' * 13}:|")
+    print(f"| {'arm':<15} | {'tokens/s':>9} | {'peak RSS MB':>11} | {'real tokens':>11} | {'positions':>9} |")
+    print(f"|{'-' * 17}|{'-' * 11}:|{'-' * 13}:|{'-' * 13}:|{'-' * 11}:|")
     for arm, m in median.items():
-        print(f"| {arm:<15} | {m['tokens_per_s']:>9.1f} | {m['peak_rss_mb']:>11.1f} | {m['tokens']:>11} |")
+        print(f"| {arm:<15} | {m['tokens_per_s']:>9.1f} | {m['peak_rss_mb']:>11.1f} | {m['tokens']:>11} | "
+              f"{m['positions']:>9} |")
     for ours, others in VERSUS.items():
         for other in others:
             if ours in median and other in median:
                 speed = median[ours]["tokens_per_s"] / median[other]["tokens_per_s"]
                 memory = median[ours]["peak_rss_mb"] / median[other]["peak_rss_mb"]
-                print(f"{ours} vs {other}: {speed:.2f}x tokens/s, {memory:.2f}x peak memory")
+                padding = median[other]["positions"] / median[other]["tokens"]
+                print(f"{ours} vs {other}: {speed:.2f}x tokens/s, {memory:.2f}x peak memory ({other} computes "
+                      f"{padding:.2f} positions per real token: what leaving out padding alone can gain)")
 
 
 def main() -> None:
