@@ -17,6 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from sft.embedded import DEFAULT_MODEL_DIR
 from tools.pretrain import CARD_FILE, HELDOUT_FILE, HELDOUT_PPL_FILE, heldout_perplexity
 from tests.conftest import REPO
+from tests.tools.test_records import parse_header
 
 GLM_SPECIALS = ["[gMASK]", "sop", "eop", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"]
 CJK = re.compile(r"[\u4e00-\u9fff]")
@@ -63,16 +64,6 @@ def test_size_and_special_ids(model, tokenizer):
     stops = tokenizer.convert_tokens_to_ids(["</s>", "<|user|>", "<|observation|>"])
     assert model.generation_config.eos_token_id == stops
     assert model.generation_config.pad_token_id == tokenizer.pad_token_id
-
-
-def parse_header(header: str) -> list[tuple[str, str]]:
-    """A record header's pairs, read back independently of tools.records."""
-    if header.startswith("【"):
-        return [tuple(part.split("】", 1)) for part in header[1:].split("【")]
-    for pair, separator in (("：", "；"), ("=", " "), (":", ",")):
-        if pair in header:
-            return [tuple(part.split(pair, 1)) for part in header.split(separator)]
-    raise AssertionError(f"not a header: {header}")
 
 
 def test_greedy_texts_from_new_headers_are_chinese_and_name_most_values(model, tokenizer):

@@ -259,6 +259,16 @@ def watched(engine, start_server):
     return watched, start_server(watched)
 
 
+def assert_closed_early(engine: WatchedEngine, before: int, max_tokens: int) -> None:
+    """The engine's generation number ``before`` is closed within 10 s, unfinished, short of ``max_tokens``."""
+    deadline = time.monotonic() + 10
+    while len(engine.closed) == before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(engine.closed) > before, "the engine's generation was not closed after the client left"
+    tokens, finished = engine.closed[before]
+    assert not finished and tokens < max_tokens  # closed early, not run to the end
+
+
 def test_a_client_that_disconnects_mid_stream_frees_its_slot(watched):
     engine, server = watched
     body = {"model": "adgen-pt", "messages": MESSAGES, "max_tokens": 900, "temperature": 1.0, "stream": True}
@@ -267,12 +277,7 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(watched):
         for line in response.iter_lines():
             if re.search(r'"content": "[^"]', line):
                 break  # the first text arrived: hang up
-    deadline = time.monotonic() + 10
-    while len(engine.closed) == before and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert len(engine.closed) > before, "the engine's generation was not closed after the client left"
-    tokens, finished = engine.closed[before]
-    assert not finished and tokens < 900  # closed early, not run to the end
+    assert_closed_early(engine, before, max_tokens=900)
 
 
 def test_a_client_that_disconnects_before_a_whole_answer_frees_its_slot(watched):
@@ -282,12 +287,7 @@ def test_a_client_that_disconnects_before_a_whole_answer_frees_its_slot(watched)
     before = len(engine.closed)
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{server.api}/chat/completions", json=body, timeout=httpx.Timeout(60, read=0.3))  # hangs up
-    deadline = time.monotonic() + 10
-    while len(engine.closed) == before and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert len(engine.closed) > before, "the engine's generation was not closed after the client left"
-    tokens, finished = engine.closed[before]
-    assert not finished and tokens < 900  # closed early, not run to the end
+    assert_closed_early(engine, before, max_tokens=900)
     client = openai.OpenAI(base_url=server.api, api_key="unused", max_retries=0, timeout=60)
     assert chat(client, "adgen-pt", max_tokens=4, seed=2).choices[0].finish_reason == "length"  # still serving
 
