@@ -11,6 +11,12 @@ SentencePiece uses for the space and so decodes as a space.
 Ids 0-3 are ``<unk> <s> </s> <pad>``, then the GLM control tokens (:data:`GLM_SPECIAL_TOKENS`)
 and ``"\\n"``. The tokenizer adds no special tokens on its own (``add_special_tokens=True``
 adds nothing): the project's prompt templates write every one of them.
+
+Ordinary text never yields a GLM control token: they are SentencePiece ``CONTROL`` pieces (trained
+as user-defined symbols, so the vocabulary is what training makes of them, then retyped), and in
+``tokenizer.json`` the unigram model never picks them. A control token written out in a text is read
+as that token (``[gMASK]sop<|user|>``), as transformers does for special tokens, but ``sop`` and
+``eop`` only as whole words: ``people`` stays ``people``.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ BASE_SPECIAL_TOKENS = {"unk": "<unk>", "bos": "<s>", "eos": "</s>", "pad": "<pad
 GLM_SPECIAL_TOKENS = ["[gMASK]", "sop", "eop", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"]
 NEWLINE = "\n"
 SPACE_PIECE = "\u2581"  # SentencePiece's visible space
+UNREACHABLE_SCORE = -1e6  # a unigram score no segmentation of text picks over its characters or bytes
 
 
 @dataclass
@@ -53,9 +60,7 @@ class TokenizerArguments(corpus.RecordsArguments):
 def training_lines(args: TokenizerArguments) -> list[str]:
     """Corpus lines for SentencePiece (the pretraining sources of :mod:`tools.corpus`), shuffled."""
     lines: list[str] = []
-    for source in corpus.general_sources() + corpus.record_sources(
-        args.records_count, args.seed, args.records_open_share, args.records_generic_share
-    ):
+    for source in corpus.general_sources() + corpus.record_sources(args, args.seed):
         docs = source.load()
         logger.info("tokenizer corpus: %s, %d documents", source.name, len(docs))
         lines += [line for doc in docs for line in doc.split(NEWLINE)]
@@ -94,10 +99,28 @@ def train_sentencepiece(lines: list[str], args: TokenizerArguments) -> bytes:
     return model.getvalue()
 
 
+def mark_control(model_proto: bytes) -> bytes:
+    """``model_proto`` with the GLM special tokens retyped ``CONTROL``: SentencePiece then never makes
+    them out of text (a user-defined symbol it would: ``people`` -> ``p eop le``). Ids stay as trained."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto.FromString(model_proto)
+    specials = set(GLM_SPECIAL_TOKENS)
+    for piece in proto.pieces:
+        if piece.piece in specials:
+            piece.type = sentencepiece_model_pb2.ModelProto.SentencePiece.CONTROL
+            piece.score = 0.0
+    return proto.SerializeToString()
+
+
 def to_hf_tokenizer(model_proto: bytes) -> Tokenizer:
-    """The same unigram model for the ``tokenizers`` library, with no prefix space added or stripped."""
+    """The same unigram model for the ``tokenizers`` library, with no prefix space added or stripped.
+
+    Control pieces get a score the unigram model never prefers to spelling the text out; they are
+    added tokens instead (``sop``/``eop`` match whole words only)."""
     sp = spm.SentencePieceProcessor(model_proto=model_proto)
-    vocab = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
+    vocab = [(sp.id_to_piece(i), UNREACHABLE_SCORE if sp.is_control(i) else sp.get_score(i))
+             for i in range(sp.get_piece_size())]
     tokenizer = Tokenizer(models.Unigram(vocab, unk_id=sp.unk_id(), byte_fallback=True))
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
         [
@@ -109,7 +132,9 @@ def to_hf_tokenizer(model_proto: bytes) -> Tokenizer:
         [decoders.Replace(Regex(SPACE_PIECE), " "), decoders.ByteFallback(), decoders.Fuse()]
     )
     specials = list(BASE_SPECIAL_TOKENS.values()) + GLM_SPECIAL_TOKENS
-    tokenizer.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in specials])
+    tokenizer.add_special_tokens(
+        [AddedToken(t, normalized=False, special=True, single_word=t.isalnum()) for t in specials]
+    )
     tokenizer.add_tokens([AddedToken(NEWLINE, normalized=False, special=False)])
     for token in specials + [NEWLINE]:
         assert tokenizer.token_to_id(token) == sp.piece_to_id(token), token
@@ -132,6 +157,7 @@ def tokenizer_config() -> dict:
 
 def save(model_proto: bytes, output_dir: Path) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
+    model_proto = mark_control(model_proto)
     (output_dir / "tokenizer.model").write_bytes(model_proto)
     to_hf_tokenizer(model_proto).save(str(output_dir / "tokenizer.json"))
     (output_dir / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(), indent=2, ensure_ascii=False) + "\n")

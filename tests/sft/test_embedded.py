@@ -148,6 +148,23 @@ def test_round_trip_tricky(tokenizer, text):
     assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)) == text
 
 
+def test_words_never_yield_control_tokens_and_text_matches_sentencepiece(tokenizer):
+    """``sop`` and ``eop`` are control tokens: inside a word (``people``) they are letters. Text without a
+    written-out control token tokenizes as the sentencepiece library does with the shipped tokenizer.model."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(DEFAULT_MODEL_DIR / "tokenizer.model"))
+    controls = set(tokenizer.convert_tokens_to_ids(GLM_SPECIALS))
+    for text in ["people", "Aesop's fables", "jeopardy", "isopropyl", "sopping wet", "<|user", "[gMASK"]:
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        assert not controls & set(ids), (text, tokenizer.convert_ids_to_tokens(ids))
+        assert ids == sp.encode(text) and tokenizer.decode(ids) == text
+    lines = [line for path in bundled_text_files() for line in path.read_text("utf-8").splitlines(keepends=True)]
+    lines = [line for line in lines + TRICKY if not any(token in line for token in GLM_SPECIALS)]
+    assert len(lines) > 1000
+    assert [tokenizer.encode(line, add_special_tokens=False) for line in lines] == [sp.encode(line) for line in lines]
+
+
 def test_special_tokens_are_atomic(tokenizer):
     ids = tokenizer.encode("[gMASK]sop<|user|>\n你好", add_special_tokens=False)
     assert ids[:4] == tokenizer.convert_tokens_to_ids(["[gMASK]", "sop", "<|user|>", "\n"])
@@ -157,5 +174,5 @@ def test_special_tokens_are_atomic(tokenizer):
 
 
 def test_add_special_tokens_adds_nothing(tokenizer):
-    text = "[gMASK]sop你好"
+    text = "[gMASK]sop<|user|>\n你好"
     assert tokenizer.encode(text, add_special_tokens=True) == tokenizer.encode(text, add_special_tokens=False)
