@@ -70,6 +70,11 @@ class RecordsArguments:
         metadata={"help": "Chance that a record's clause names its value in a phrasing for any key, and that a "
                           "record has an invented key (a dictionary word)."},
     )
+    records_symbol_share: float = field(
+        default=0.0,
+        metadata={"help": "Chance that a record's header separates keys, values and pairs with symbols drawn for "
+                          "that record (never ADGEN's # and *), instead of one of the four fixed layouts."},
+    )
 
 def package_dir(package: str) -> Path:
     """Directory of an installed package, located without importing it."""
@@ -141,11 +146,18 @@ def load_xiehouyu() -> list[str]:
     return _group([line.replace("\t", "——", 1) for line in lines if "\t" in line], "歇后语")
 
 
-def load_records(count: int, seed: int, open_share: float, generic_share: float = 0.0) -> list[str]:
+def load_records(args: RecordsArguments, seed: int) -> list[str]:
     """Structured records about foods, cities, animals... (:func:`tools.records.record_corpus`)."""
     from tools.records import record_corpus
 
-    return record_corpus(count, seed, open_share=open_share, generic_share=generic_share)
+    return record_corpus(**record_corpus_kwargs(args, seed))
+
+
+def record_corpus_kwargs(args: RecordsArguments, seed: int) -> dict[str, int | float]:
+    """The arguments of :func:`tools.records.record_corpus` that ``args`` sets; shares left at 0 are left out."""
+    shares = {"open_share": args.records_open_share, "generic_share": args.records_generic_share,
+              "symbol_share": args.records_symbol_share}
+    return {"n": args.records_count, "seed": seed, **{k: v for k, v in shares.items() if v or k == "open_share"}}
 
 
 def general_sources() -> list[Source]:
@@ -162,16 +174,16 @@ def general_sources() -> list[Source]:
     ]
 
 
-def record_sources(count: int, seed: int, open_share: float = 0.0, generic_share: float = 0.0) -> list[Source]:
+def record_sources(args: RecordsArguments, seed: int) -> list[Source]:
     """Header-then-text sources: the project's records about things other than clothing."""
+    kwargs = record_corpus_kwargs(args, seed)
+    call = ", ".join([str(kwargs.pop("n"))] + [f"{key}={value}" for key, value in kwargs.items()])
     return [
         Source(
             "records",
-            f"tools.records.record_corpus({count}, seed={seed}, open_share={open_share}"
-            + (f", generic_share={generic_share}" if generic_share else "") + "): "
-            "key：value headers -> text naming the values",
+            f"tools.records.record_corpus({call}): key：value headers -> text naming the values",
             "this project",
-            lambda: load_records(count, seed, open_share, generic_share),
+            lambda: load_records(args, seed),
             records=True,
         ),
     ]

@@ -129,7 +129,7 @@ def validate_args(args: PretrainArguments) -> None:
     if args.objective not in OBJECTIVES:
         problems.append(f"--objective: expected one of {', '.join(OBJECTIVES)}, found {args.objective!r}")
     for name in ("prefix_lm_share", "max_prefix_fraction", "heldout_fraction", "records_weight", "records_open_share",
-                 "records_chat_share", "records_generic_share"):
+                 "records_chat_share", "records_generic_share", "records_symbol_share"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             problems.append(f"--{name}: expected a value in [0, 1], found {getattr(args, name)}")
     if not 2 <= args.seq_len <= args.max_position_embeddings:
@@ -187,9 +187,7 @@ def load_sources(args: PretrainArguments) -> list[tuple[corpus.Source, list[str]
     if args.corpus_file:
         docs = read_corpus_file(args.corpus_file)
         return [(corpus.Source("corpus_file", args.corpus_file, "given by the user", lambda: docs), docs)]
-    sources = corpus.general_sources() + corpus.record_sources(
-        args.records_count, args.seed, args.records_open_share, args.records_generic_share
-    )
+    sources = corpus.general_sources() + corpus.record_sources(args, args.seed)
     loaded = [(source, source.load()) for source in sources]
     for source, docs in loaded:
         logger.info("loaded %s: %d documents, %d characters", source.name, len(docs), sum(map(len, docs)))

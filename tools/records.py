@@ -14,8 +14,9 @@ phrasing. Two kinds of records:
   base knows the register of colours, materials, styles and patterns, but nothing is clothing;
 * foods, cities, animals, tools, books, plants, drinks and short scenes.
 
-Headers are written ``键：值；键：值``, ``【键】值【键】值``, ``键:值,键:值`` or ``键=值 键=值``, never in
-ADGEN's ``键#值*键#值``:
+Headers are written ``键：值；键：值``, ``【键】值【键】值``, ``键:值,键:值`` or ``键=值 键=值``, and with
+``symbol_share`` now and then with two separators drawn for that record (``键|值/键|值``, ``键～值、键～值``...),
+never in ADGEN's ``键#值*键#值``:
 reading that layout, the chat template and the clothing domain is what P-tuning has to teach
 the base (``scripts/demo.sh``), and what the base without a prefix cannot do. A share of the
 values (``open_share``) comes from a word list (jionlp's word dictionary, when installed), so
@@ -34,6 +35,11 @@ from dataclasses import dataclass, field
 
 HEADER_SEPARATOR = "\n"  # between a record's header and its text
 HEADER_STYLES = ("colon", "bracket", "ascii", "equals")  # 键：值；键：值  【键】值【键】值  键:值,键:值  键=值 键=值
+# The ``symbols`` layout: a key/value separator and a pair separator drawn per record from these, never
+# ADGEN's ``#`` and ``*`` (nor their full-width forms). A base that has read headers in many layouts
+# reads a new one from a few examples; ADGEN's is still one it has not seen.
+SYMBOL_KEY_SEPARATORS = ":=|/-~>^@%&+!?｜／－～＞＝·→"
+SYMBOL_PAIR_SEPARATORS = ",;|/ &+_~^!、；，｜／．·"
 
 
 @dataclass(frozen=True)
@@ -311,9 +317,13 @@ def _text(kind: Kind, header: dict[str, list[str]], rng: random.Random, generic_
     return opening + "".join(sentences) + rng.choice(kind.closings or ("",))
 
 
-def render_header(pairs: list[tuple[str, str]], style: str) -> str:
-    """``键：值；键：值`` (``colon``), ``【键】值【键】值`` (``bracket``), ``键:值,键:值`` (``ascii``) or
-    ``键=值 键=值`` (``equals``)."""
+def render_header(pairs: list[tuple[str, str]], style: str, separators: tuple[str, str] | None = None) -> str:
+    """``键：值；键：值`` (``colon``), ``【键】值【键】值`` (``bracket``), ``键:值,键:值`` (``ascii``),
+    ``键=值 键=值`` (``equals``) or, with ``separators=(a, b)``, ``键a值b键a值`` (``symbols``)."""
+    if style == "symbols":
+        if separators is None or len(set(separators)) != 2:
+            raise ValueError(f"symbols header: expected two different separators, found {separators!r}")
+        return separators[1].join(f"{key}{separators[0]}{value}" for key, value in pairs)
     if style == "colon":
         return "；".join(f"{key}：{value}" for key, value in pairs)
     if style == "bracket":
@@ -322,7 +332,7 @@ def render_header(pairs: list[tuple[str, str]], style: str) -> str:
         return ",".join(f"{key}:{value}" for key, value in pairs)
     if style == "equals":
         return " ".join(f"{key}={value}" for key, value in pairs)
-    raise ValueError(f"header style: expected one of {', '.join(HEADER_STYLES)}, found {style!r}")
+    raise ValueError(f"header style: expected one of {', '.join(HEADER_STYLES)}, symbols, found {style!r}")
 
 
 def header_pairs(kind: Kind, header: dict[str, list[str]]) -> list[tuple[str, str]]:
@@ -338,12 +348,14 @@ def record_corpus(
     open_share: float = 0.0,
     goods_share: float = 0.5,
     generic_share: float = 0.0,
+    symbol_share: float = 0.0,
 ) -> list[str]:
     """``n`` distinct records ``header + "\\n" + text``; the same seed gives the same list.
 
     ``open_share``: chance that a value comes from the word list instead of the kind's bank;
     ``goods_share``: share of records about goods (the rest: foods, cities, animals...);
-    ``generic_share``: chance that a clause uses a phrasing for any key, and that a record has an invented key.
+    ``generic_share``: chance that a clause uses a phrasing for any key, and that a record has an invented key;
+    ``symbol_share``: chance that a header is laid out with separators drawn from ``SYMBOL_*_SEPARATORS``.
     """
     rng = random.Random(seed)
     words = word_list() if words is None else words
@@ -353,7 +365,13 @@ def record_corpus(
         kind = rng.choice(GOODS_KINDS if rng.random() < goods_share else KINDS)
         header = _draw_header(kind, rng, words, open_share, generic_share)
         text = _text(kind, header, rng, generic_share)
-        record = render_header(header_pairs(kind, header), rng.choice(HEADER_STYLES)) + HEADER_SEPARATOR + text
+        if symbol_share and rng.random() < symbol_share:
+            key_separator = rng.choice(SYMBOL_KEY_SEPARATORS)
+            pair_separator = rng.choice(SYMBOL_PAIR_SEPARATORS.replace(key_separator, ""))
+            header_text = render_header(header_pairs(kind, header), "symbols", (key_separator, pair_separator))
+        else:
+            header_text = render_header(header_pairs(kind, header), rng.choice(HEADER_STYLES))
+        record = header_text + HEADER_SEPARATOR + text
         if record not in seen:
             seen.add(record)
             records.append(record)

@@ -15,13 +15,22 @@ from transformers import AutoTokenizer
 from sft.embedded import DEFAULT_MODEL_DIR
 from tools import synthetic
 from tools.pretrain import encode_records
-from tools.records import GENERIC_PHRASINGS, GOODS_KINDS, HEADER_STYLES, KINDS, record_corpus, render_header
+from tools.records import (
+    GENERIC_PHRASINGS,
+    GOODS_KINDS,
+    HEADER_STYLES,
+    KINDS,
+    SYMBOL_KEY_SEPARATORS,
+    SYMBOL_PAIR_SEPARATORS,
+    record_corpus,
+    render_header,
+)
 
 WORDS = ("雨伞", "信封", "钥匙", "照片", "地图", "茶杯", "风筝", "围巾", "书包", "扇子")
 
 
 def parse_header(header: str) -> list[tuple[str, str]]:
-    """The pairs of a header, read back independently of :func:`render_header`."""
+    """The pairs of a header in one of the four fixed layouts, read back independently of :func:`render_header`."""
     if header.startswith("【"):
         return [tuple(part.split("】", 1)) for part in header[1:].split("【")]
     for pair, separator in (("：", "；"), ("=", " "), (":", ",")):
@@ -36,8 +45,11 @@ def test_headers_render_in_both_layouts_and_never_in_adgens():
     assert render_header(pairs, "bracket") == "【类型】沙发【颜色】卡其色【图案】条纹【图案】植物"
     assert render_header(pairs, "ascii") == "类型:沙发,颜色:卡其色,图案:条纹,图案:植物"
     assert render_header(pairs, "equals") == "类型=沙发 颜色=卡其色 图案=条纹 图案=植物"
-    with pytest.raises(ValueError, match="expected one of colon, bracket, ascii, equals, found 'adgen'"):
+    assert render_header(pairs, "symbols", ("|", "/")) == "类型|沙发/颜色|卡其色/图案|条纹/图案|植物"
+    with pytest.raises(ValueError, match="expected one of colon, bracket, ascii, equals, symbols, found 'adgen'"):
         render_header(pairs, "adgen")
+    with pytest.raises(ValueError, match="expected two different separators, found"):
+        render_header(pairs, "symbols", ("|", "|"))
     records = record_corpus(2000, seed=5, words=WORDS, open_share=0.3)
     headers = [r.split("\n", 1)[0] for r in records]
     assert not any("#" in h or "*" in h for h in headers)
@@ -69,6 +81,33 @@ def test_invented_keys_are_named_with_a_phrasing_for_any_key():
         text = record.split("\n", 1)[1]
         assert any(p.format(k=key, v=value) in text for p in GENERIC_PHRASINGS), record
     assert record_corpus(300, seed=3, words=WORDS, generic_share=0.0) == record_corpus(300, seed=3, words=WORDS)
+
+
+def test_symbol_headers_draw_their_separators_per_record_and_never_adgens():
+    """With symbol_share, that share of headers uses a separator pair of the pools (different per record,
+    never ``#``/``*``), and their texts still name every value."""
+    records = record_corpus(2000, seed=13, words=WORDS, open_share=0.3, symbol_share=0.25)
+    symbol_records = []
+    for record in records:
+        header, text = record.split("\n", 1)
+        assert not set(header) & set("#*＃＊"), header
+        try:
+            if any(render_header(parse_header(header), style) == header for style in HEADER_STYLES):
+                continue
+        except AssertionError:  # not a fixed layout
+            pass
+        # keys are 类别 (other kinds) or 类型 (goods): the key separator follows them; the pair separator
+        # is the first pool character after the first value
+        key_separator = header[2]
+        pair_separator = next(c for c in header[3:] if c in SYMBOL_PAIR_SEPARATORS and c != key_separator)
+        assert key_separator in SYMBOL_KEY_SEPARATORS
+        pairs = [tuple(part.split(key_separator, 1)) for part in header.split(pair_separator)]
+        assert render_header(pairs, "symbols", (key_separator, pair_separator)) == header
+        assert all(value in text for key, value in pairs if key != "类别"), record
+        symbol_records.append((key_separator, pair_separator))
+    assert 0.2 * len(records) < len(symbol_records) < 0.3 * len(records)
+    assert len(set(symbol_records)) > 50  # drawn per record, not one layout
+    assert record_corpus(300, seed=3, words=WORDS, symbol_share=0.0) == record_corpus(300, seed=3, words=WORDS)
 
 
 def test_same_seed_same_records_and_goods_share():
