@@ -71,7 +71,7 @@ class RecordsArguments:
                           "record has an invented key (a dictionary word)."},
     )
     records_symbol_share: float = field(
-        default=0.0,
+        default=0.2,
         metadata={"help": "Chance that a record's header separates keys, values and pairs with symbols drawn for "
                           "that record (never ADGEN's # and *), instead of one of the four fixed layouts."},
     )

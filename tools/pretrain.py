@@ -522,6 +522,12 @@ def model_card(args: PretrainArguments, config: GlmConfig, metrics: dict, sample
         f"{s['heldout_documents']} | {s['weight']:.3f} | {ev['per_source_perplexity'].get(s['name'], '-')} |"
         for s in c
     )
+    symbols = (
+        f"\n{args.records_symbol_share:.0%} of their headers separate keys from values and pairs from pairs with two"
+        " symbols drawn for that record (`键｜值、键｜值`, `键～值；键～值`...), never ADGEN's `#` and `*`,"
+        " which stays a layout the base has not seen."
+        if args.records_symbol_share else ""
+    )
     return f"""# glm-zh-tiny
 
 A tiny ChatGLM2/3-style model (transformers `GlmForCausalLM`) trained from scratch on this
@@ -556,7 +562,7 @@ are laid out as a ChatGLM3 chat turn (`[gMASK]sop<|user|>\\n` header `<|assistan
 {args.records_open_share:.0%} of their values are random words of jionlp's dictionary, which the text can only
 name by copying them from the header. {args.records_generic_share:.0%} of their clauses name a value in a
 phrasing that fits any key (`{{k}}是{{v}}`, `{{v}}的{{k}}`...), and as many records carry an invented key (a dictionary
-word) said that way: a key the base has no phrasing for still gets its value named.
+word) said that way: a key the base has no phrasing for still gets its value named.{symbols}
 
 | source | what | licence | train docs | train tokens | held-out docs | row weight | held-out ppl |
 |---|---|---|---|---|---|---|---|
