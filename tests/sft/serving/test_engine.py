@@ -22,6 +22,7 @@ from tests.sft.serving.conftest import train_embedded
 
 PROMPTS = ("类型#上衣*颜色#红色", "类型#裙*版型#显瘦*风格#文艺*图案#碎花*裙长#连衣裙")
 MAX_TOKENS = 24
+LONG_PROMPT = "类型#裙*材质#雪纺*颜色#粉色"  # the base, greedy, writes more than 40 tokens before it stops
 GREEDY = SamplingParams(max_tokens=MAX_TOKENS, temperature=0)
 
 
@@ -101,7 +102,7 @@ def test_greedy_answers_equal_sft_infer_alone_and_in_one_mixed_batch(mixed_engin
 def test_a_request_joins_a_running_batch_and_a_cancelled_one_leaves(mixed_engine, reference, batch_sizes,
                                                                    monkeypatch):
     long = SamplingParams(max_tokens=40, temperature=0)
-    alone = text(asyncio.run(collect(mixed_engine, "base", PROMPTS[1], long)))
+    alone = text(asyncio.run(collect(mixed_engine, "base", LONG_PROMPT, long)))
     # Whatever the machine's load: the first request waits at its 6th step until the joiner was submitted.
     submitted, submit, step = threading.Event(), scheduler_module.Scheduler.submit, batch_module.DecodeBatch.step
 
@@ -119,7 +120,7 @@ def test_a_request_joins_a_running_batch_and_a_cancelled_one_leaves(mixed_engine
     monkeypatch.setattr(batch_module.DecodeBatch, "step", gated)
 
     async def scenario():
-        first = mixed_engine.generate("base", mixed_engine.completion_prompt("base", PROMPTS[1]), long)
+        first = mixed_engine.generate("base", mixed_engine.completion_prompt("base", LONG_PROMPT), long)
         head = [await anext(first) for _ in range(3)]
         quitter = mixed_engine.generate("alpaca-pt", mixed_engine.completion_prompt("alpaca-pt", PROMPTS[0]), long)
         await anext(quitter)

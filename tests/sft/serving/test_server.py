@@ -96,7 +96,13 @@ def test_completions_with_n_and_a_seed_repeat_and_differ_by_choice(client):
     texts, usage = sample()
     assert sample()[0] == texts  # same seed, same answers
     assert len(set(texts)) == 3  # seeds 11, 12, 13
-    assert usage.completion_tokens == 48 and usage.prompt_tokens > 0  # the prompt counted once
+    # Choice i is the answer to the same request with n=1 and seed 11 + i; usage sums their completion
+    # tokens (a choice may stop before 16) and counts the prompt once.
+    singles = [client.completions.create(model="adgen-pt", prompt=PROMPT, max_tokens=16, temperature=1.0, seed=11 + i)
+               for i in range(3)]
+    assert [single.choices[0].text for single in singles] == texts
+    assert usage.completion_tokens == sum(single.usage.completion_tokens for single in singles)
+    assert usage.prompt_tokens == singles[0].usage.prompt_tokens > 0
     streamed = client.completions.create(model="adgen-pt", prompt=PROMPT, max_tokens=16, temperature=1.0, n=3,
                                          seed=11, stream=True)
     pieces = ["", "", ""]
@@ -283,7 +289,8 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(watched):
 def test_a_client_that_disconnects_before_a_whole_answer_frees_its_slot(watched):
     """Not streamed: the server watches the connection while it collects the answer."""
     engine, server = watched
-    body = {"model": "adgen-pt", "messages": MESSAGES, "max_tokens": 900, "temperature": 1.0}
+    # seed 4: this answer runs the whole 900 tokens when nobody hangs up (many seeds end within 60)
+    body = {"model": "adgen-pt", "messages": MESSAGES, "max_tokens": 900, "temperature": 1.0, "seed": 4}
     before = len(engine.closed)
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{server.api}/chat/completions", json=body, timeout=httpx.Timeout(60, read=0.3))  # hangs up
