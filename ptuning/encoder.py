@@ -86,5 +86,25 @@ class PrefixEncoder(nn.Module):
         values = values.reshape(self.config.pre_seq_len, layout.num_layers, layout.num_kv_heads, layout.value_head_dim)
         return keys.permute(1, 2, 0, 3), values.permute(1, 2, 0, 3)  # (L, kv_heads, P, head_dim), (..., value_head_dim)
 
+    @torch.no_grad()
+    def set_key_values(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Make :meth:`forward` return ``keys``/``values`` (its own output layout; no projection).
+
+        How the prefix can start from keys and values the base computed itself for real tokens
+        (:func:`ptuning.injection.capture_key_values`) instead of random numbers.
+        """
+        if self.config.prefix_projection:
+            raise ValueError("set_key_values: the prefix goes through a projection MLP; its output cannot be set")
+        layout, length = self.config.layout, self.config.pre_seq_len
+        expected_keys = (layout.num_layers, layout.num_kv_heads, length, layout.head_dim)
+        expected_values = (*expected_keys[:3], layout.value_head_dim)
+        if tuple(keys.shape) != expected_keys or tuple(values.shape) != expected_values:
+            raise ValueError(f"set_key_values: expected keys {expected_keys} and values {expected_values}, found "
+                             f"{tuple(keys.shape)} and {tuple(values.shape)}")
+        # (L, kv_heads, P, d) -> (P, L, kv_heads * d): the row layout forward() reads.
+        keys = keys.permute(2, 0, 1, 3).reshape(length, layout.num_layers, layout.key_size)
+        values = values.permute(2, 0, 1, 3).reshape(length, layout.num_layers, layout.value_size)
+        self.embedding.weight.copy_(torch.cat([keys, values], dim=-1).reshape(length, -1))
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

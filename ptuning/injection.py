@@ -125,6 +125,7 @@ class LayerInputs:
     rows: list[tuple[int, int, torch.Tensor | None]] | None = None  # packed: (start, end, the row's mask)
     dense: bool = False  # use the mask the model hands the layer (real tokens only) and widen it per layer
     reached: set[int] = field(default_factory=set)  # layer indices whose attention ran through the wrapper
+    captured: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None  # layer -> its real tokens' keys, values
 
 
 def _backend_attention(module: nn.Module, backend: str):
@@ -159,6 +160,8 @@ def _prefixed_attention(module, query, key, value, attention_mask, *, backend: s
             f"{inputs.key_length} tokens (a KV cache passed under a name or type the hook does not know)",
         ))
     inputs.reached.add(module.layer_idx)
+    if inputs.captured is not None:
+        inputs.captured[module.layer_idx] = (key.detach(), value.detach())
     attend = _backend_attention(module, backend)
     if inputs.rows is not None:
         return _attend_row_by_row(module, attend, inputs, query, key, value, kwargs)
@@ -271,6 +274,7 @@ class PrefixHook:
     handles: list[torch.utils.hooks.RemovableHandle] = field(default_factory=list)
     verified: bool = False  # a forward has shown that every layer receives the injection
     current: LayerInputs | None = None
+    capture: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None  # set by capture_key_values
 
     def remove(self) -> None:
         for handle in self.handles:
@@ -307,6 +311,33 @@ class PrefixHook:
         finally:
             self.model.train(training)
             self.current = None
+
+
+def capture_key_values(hook: PrefixHook, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The keys and values every layer's attention computes for ``input_ids`` ``(1, T)``, run causally.
+
+    Keys are as attention uses them (rotary applied, positions ``0..T-1``), as a KV cache holds them.
+    The hook must have no encoder: a prefix would change every layer's input after the first.
+    Returns ``(num_layers, kv_heads, T, head_dim)`` and ``(num_layers, kv_heads, T, value_head_dim)``.
+    """
+    if hook.encoder is not None:
+        raise ValueError("capture_key_values: expected a hook without a prefix encoder (the base's own keys/values)")
+    if hook.mask_type != "causal":
+        raise ValueError(f"capture_key_values: expected a causal hook, found mask {hook.mask_type!r}")
+    model = hook.model
+    training = model.training
+    hook.capture = {}
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(input_ids=input_ids.to(model.device), use_cache=False)
+        captured = hook.capture
+    finally:
+        hook.capture = None
+        model.train(training)
+    keys = torch.stack([captured[layer][0][0] for layer in range(hook.num_layers)])
+    values = torch.stack([captured[layer][1][0] for layer in range(hook.num_layers)])
+    return keys, values
 
 
 def _bidirectional_length(mask_type: str, labels, past: int, total: int, batch: int, device) -> torch.Tensor | None:
@@ -351,7 +382,7 @@ def _prepare_kwargs(hook: PrefixHook, kwargs: dict) -> dict:
         )
     rows = kwargs.pop(ROWS_KWARG, None)
     prefix = hook.encoder() if hook.encoder is not None else None
-    inputs = LayerInputs(prefix=prefix, key_length=past + length, dense=hook.dense)
+    inputs = LayerInputs(prefix=prefix, key_length=past + length, dense=hook.dense, captured=hook.capture)
     if rows is not None:
         _plan_rows(hook, kwargs, inputs, rows, padding, length, past, packed=segment_ids is not None)
     elif segment_ids is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -31,6 +32,11 @@ class Method:
     def prepare(self, model: PreTrainedModel, settings: dict | None, mask: str) -> nn.Module:
         """Make ``model`` train as this method says, from fresh weights; returns the model to train."""
         raise NotImplementedError
+
+    def prepare_to_train(self, model: PreTrainedModel, settings: dict | None, mask: str, flags: Any,
+                         train_rows: Sequence[dict]) -> nn.Module:
+        """:meth:`prepare` for a training run, which may start from its flags and encoded training rows."""
+        return self.prepare(model, settings, mask)
 
     def save(
         self,

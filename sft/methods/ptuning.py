@@ -6,15 +6,20 @@ A checkpoint holds ``prefix.safetensors`` (:mod:`ptuning.checkpoint`); the check
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sft.errors import CheckpointError
+from sft.errors import CheckpointError, UserError
 from sft.methods.base import Method
 
 if TYPE_CHECKING:
+    import torch
+
     from ptuning.encoder import PrefixConfig, PrefixEncoder
+
+PREFIX_INITS = ("random", "rows")
 
 
 @dataclass
@@ -27,21 +32,58 @@ class PtuningArguments:
         default=None, metadata={"help": "Hidden width of the projection MLP (default: the base model's hidden size)."}
     )
     prefix_dropout: float = field(default=0.0, metadata={"help": "Dropout on the prefix keys/values while training."})
+    prefix_init: str = field(
+        default="random",
+        metadata={"help": "How the prefix starts: random (ChatGLM's, N(0, 1)) or rows: the keys/values the base itself "
+                          "computes for the first training rows as encoded, cut to --pre_seq_len tokens, so training "
+                          "starts from a real context (Li & Liang, 2021); not with --prefix_projection."},
+    )
 
     def __post_init__(self) -> None:
         if self.pre_seq_len < 1:
             raise ValueError(f"--pre_seq_len: expected a positive integer, found {self.pre_seq_len}")
         if not 0.0 <= self.prefix_dropout < 1.0:
             raise ValueError(f"--prefix_dropout: expected a value in [0, 1), found {self.prefix_dropout}")
+        if self.prefix_init not in PREFIX_INITS:
+            raise ValueError(f"--prefix_init: expected one of {', '.join(PREFIX_INITS)}, found {self.prefix_init!r}")
+        if self.prefix_init == "rows" and self.prefix_projection:
+            raise ValueError("--prefix_init rows: expected no --prefix_projection (the keys/values the base computes "
+                             "are the encoder's output, which a projection MLP does not let one set), found both")
 
 
-def attach_encoder(model, config: PrefixConfig) -> PrefixEncoder:
-    """Freeze ``model`` and attach a fresh prefix encoder (the only trainable part)."""
+def initial_tokens(rows: Sequence[dict], length: int) -> torch.Tensor:
+    """``(1, length)``: the encoded rows' tokens one after another, from the first row, repeated if they are fewer."""
+    import torch
+
+    tokens: list[int] = []
+    while len(tokens) < length:
+        before = len(tokens)
+        for row in rows:
+            tokens.extend(row["input_ids"])
+            if len(tokens) >= length:
+                break
+        if len(tokens) == before:
+            raise ValueError("--prefix_init rows: expected training rows with tokens, found none")
+    return torch.tensor([tokens[:length]])
+
+
+def attach_encoder(model, config: PrefixConfig, init_tokens: torch.Tensor | None = None) -> PrefixEncoder:
+    """Freeze ``model`` and attach a fresh prefix encoder (the only trainable part).
+
+    With ``init_tokens`` ``(1, pre_seq_len)`` the prefix starts as the keys/values the base computes
+    for those tokens (causally, positions from 0), otherwise random.
+    """
     from ptuning.encoder import PrefixEncoder
-    from ptuning.injection import attach_prefix
+    from ptuning.injection import attach_prefix, capture_key_values
 
     model.requires_grad_(False)
     encoder = PrefixEncoder(config).to(model.device)
+    if init_tokens is not None:
+        hook = attach_prefix(model, None, "causal")
+        try:
+            encoder.set_key_values(*capture_key_values(hook, init_tokens))
+        finally:
+            hook.remove()
     attach_prefix(model, encoder, config.mask)
     return encoder
 
@@ -74,6 +116,18 @@ class PTuning(Method):
         from ptuning.checkpoint import save_prefix
 
         save_prefix(model.prefix_encoder, directory)
+
+    def prepare_to_train(self, model, settings, mask, flags: PtuningArguments, train_rows):
+        if flags.prefix_init != "rows":
+            return self.prepare(model, settings, mask)
+        from ptuning.encoder import PrefixConfig
+
+        if any(p.numel() == 0 or p.is_meta for p in model.parameters()):
+            raise UserError("--prefix_init rows: expected the base's weights in memory to compute its keys/values, "
+                            "found them partitioned (DeepSpeed ZeRO-3); use --prefix_init random")
+        config = PrefixConfig.from_dict(settings)
+        attach_encoder(model, config, initial_tokens(train_rows, config.pre_seq_len))
+        return model
 
     def load(self, model, settings, mask, directory):
         from ptuning.encoder import PrefixConfig

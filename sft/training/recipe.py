@@ -153,11 +153,13 @@ def train_and_report(trainer: SFTTrainer, training_args: SFTTrainingArguments, r
     return results
 
 
-def prepare(model: PreTrainedModel, args: TrainArguments, mask: str) -> tuple[torch.nn.Module, dict | None]:
+def prepare(model: PreTrainedModel, args: TrainArguments, mask: str,
+            train_rows: Sequence[dict]) -> tuple[torch.nn.Module, dict | None]:
     """The model to train as the chosen method says, and the method's checkpoint section."""
     method = args.chosen
-    settings = method.settings(model, args.method_flags.get(method.name), mask)
-    return method.prepare(model, settings, mask), settings
+    flags = args.method_flags.get(method.name)
+    settings = method.settings(model, flags, mask)
+    return method.prepare_to_train(model, settings, mask, flags, train_rows), settings
 
 
 def packing_collator(training_args: SFTTrainingArguments, model: PreTrainedModel) -> PackingCollator | None:
@@ -195,7 +197,7 @@ def run(args: TrainArguments, callbacks: Sequence[TrainerCallback] = ()) -> tupl
     if args.method.eval_base_loss and eval_dataset is not None:
         results["base_dev_loss"] = evaluate_base_loss(model, args.training, collator, eval_dataset, mask)
     set_seed(args.training.seed)  # the same initial weights with or without the base evaluation before
-    model, settings = prepare(model, args, mask)
+    model, settings = prepare(model, args, mask, train_dataset.rows)
     results.update(count_parameters(model))
     info = CheckpointInfo.describe(method.name, settings, base=base, base_fingerprint=base_fp, mask=mask,
                                    template=template, dtype=dtype,
