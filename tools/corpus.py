@@ -75,6 +75,15 @@ class RecordsArguments:
         metadata={"help": "Chance that a record's header separates keys, values and pairs with symbols drawn for "
                           "that record (never ADGEN's # and *), instead of one of the four fixed layouts."},
     )
+    records_long_share: float = field(
+        default=0.0,
+        metadata={"help": "Chance that a record's header is long, 6-9 keys (its kind's own, then invented ones), "
+                          "instead of 3-6: ADGEN's headers run to 9 pairs."},
+    )
+    records_ordered_share: float = field(
+        default=0.0,
+        metadata={"help": "Chance that a record's text names its values in header order instead of a random one."},
+    )
 
 def package_dir(package: str) -> Path:
     """Directory of an installed package, located without importing it."""
@@ -156,7 +165,8 @@ def load_records(args: RecordsArguments, seed: int) -> list[str]:
 def record_corpus_kwargs(args: RecordsArguments, seed: int) -> dict[str, int | float]:
     """The arguments of :func:`tools.records.record_corpus` that ``args`` sets; shares left at 0 are left out."""
     shares = {"open_share": args.records_open_share, "generic_share": args.records_generic_share,
-              "symbol_share": args.records_symbol_share}
+              "symbol_share": args.records_symbol_share, "long_share": args.records_long_share,
+              "ordered_share": args.records_ordered_share}
     return {"n": args.records_count, "seed": seed, **{k: v for k, v in shares.items() if v or k == "open_share"}}
 
 

@@ -129,7 +129,8 @@ def validate_args(args: PretrainArguments) -> None:
     if args.objective not in OBJECTIVES:
         problems.append(f"--objective: expected one of {', '.join(OBJECTIVES)}, found {args.objective!r}")
     for name in ("prefix_lm_share", "max_prefix_fraction", "heldout_fraction", "records_weight", "records_open_share",
-                 "records_chat_share", "records_generic_share", "records_symbol_share"):
+                 "records_chat_share", "records_generic_share", "records_symbol_share", "records_long_share",
+                 "records_ordered_share"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             problems.append(f"--{name}: expected a value in [0, 1], found {getattr(args, name)}")
     if not 2 <= args.seq_len <= args.max_position_embeddings:

@@ -273,29 +273,39 @@ def _draw_values(pool: tuple[str, ...], k: int, rng: random.Random, words: tuple
 
 
 def _draw_header(
-    kind: Kind, rng: random.Random, words: tuple[str, ...], open_share: float, generic_share: float = 0.0
+    kind: Kind, rng: random.Random, words: tuple[str, ...], open_share: float, generic_share: float = 0.0,
+    long_share: float = 0.0,
 ) -> dict[str, list[str]]:
     """The noun and 2-5 other keys, one value each (a second value for one key now and then), and with
-    probability ``generic_share`` an invented key."""
-    keys = rng.sample(list(kind.fields), rng.randint(min(2, len(kind.fields)), min(5, len(kind.fields))))
+    probability ``generic_share`` an invented key. With probability ``long_share`` the header is long
+    instead: the noun and 5-8 other keys, the kind's own and then invented ones, as ADGEN's headers
+    run to 9 pairs."""
+    long = bool(long_share and rng.random() < long_share)
+    size = rng.randint(5, 8) if long else rng.randint(min(2, len(kind.fields)), min(5, len(kind.fields)))
+    keys = rng.sample(list(kind.fields), min(size, len(kind.fields)))
     header = {kind.noun_key: _draw_values(kind.nouns, 1, rng, words, open_share)}
     for key in (k for k in kind.fields if k in keys):  # header in the kind's key order
         values = _draw_values(kind.fields[key][0], 2 if rng.random() < 0.15 else 1, rng, words, open_share)
         header[key] = list(dict.fromkeys(values))
-    if generic_share and rng.random() < generic_share:  # an invented key: only a phrasing for any key can say its value
-        key = rng.choice(words)
+    invented = size - len(keys) if long else int(bool(generic_share and rng.random() < generic_share))
+    for key in rng.sample(words, invented):  # invented keys: only a phrasing for any key can say their values
         if key not in header and key != kind.noun_key:
             header[key] = [rng.choice(words)]
     return header
 
 
-def _text(kind: Kind, header: dict[str, list[str]], rng: random.Random, generic_share: float = 0.0) -> str:
-    """Opening with the noun, then one clause per other key in random order, then maybe a closing. A
-    clause uses a phrasing for any key with probability ``generic_share`` (always for an invented key)."""
+def _text(kind: Kind, header: dict[str, list[str]], rng: random.Random, generic_share: float = 0.0,
+          ordered_share: float = 0.0) -> str:
+    """Opening with the noun, then one clause per other key in random order (in header order with
+    probability ``ordered_share``), then maybe a closing. A clause uses a phrasing for any key with
+    probability ``generic_share`` (always for an invented key)."""
     noun = header[kind.noun_key][0]
     opening = rng.choice(kind.openings + GENERIC_OPENINGS).format(noun=noun)
     clauses = []
-    for key in rng.sample([k for k in header if k != kind.noun_key], len(header) - 1):
+    keys = [k for k in header if k != kind.noun_key]
+    if not (ordered_share and rng.random() < ordered_share):
+        keys = rng.sample(keys, len(keys))
+    for key in keys:
         generic = key not in kind.fields or bool(generic_share and rng.random() < generic_share)
         phrasings = GENERIC_PHRASINGS if generic else kind.fields[key][1]
         clause = rng.choice(phrasings).format(k=key, v=rng.choice(("和", "、")).join(header[key]))
@@ -349,13 +359,17 @@ def record_corpus(
     goods_share: float = 0.5,
     generic_share: float = 0.0,
     symbol_share: float = 0.0,
+    long_share: float = 0.0,
+    ordered_share: float = 0.0,
 ) -> list[str]:
     """``n`` distinct records ``header + "\\n" + text``; the same seed gives the same list.
 
     ``open_share``: chance that a value comes from the word list instead of the kind's bank;
     ``goods_share``: share of records about goods (the rest: foods, cities, animals...);
     ``generic_share``: chance that a clause uses a phrasing for any key, and that a record has an invented key;
-    ``symbol_share``: chance that a header is laid out with separators drawn from ``SYMBOL_*_SEPARATORS``.
+    ``symbol_share``: chance that a header is laid out with separators drawn from ``SYMBOL_*_SEPARATORS``;
+    ``long_share``: chance that a header has 6-9 keys (the kind's own, then invented ones) instead of 3-6;
+    ``ordered_share``: chance that the text names the values in header order instead of a random one.
     """
     rng = random.Random(seed)
     words = word_list() if words is None else words
@@ -363,8 +377,8 @@ def record_corpus(
     records = []
     while len(records) < n:
         kind = rng.choice(GOODS_KINDS if rng.random() < goods_share else KINDS)
-        header = _draw_header(kind, rng, words, open_share, generic_share)
-        text = _text(kind, header, rng, generic_share)
+        header = _draw_header(kind, rng, words, open_share, generic_share, long_share)
+        text = _text(kind, header, rng, generic_share, ordered_share)
         if symbol_share and rng.random() < symbol_share:
             key_separator = rng.choice(SYMBOL_KEY_SEPARATORS)
             pair_separator = rng.choice(SYMBOL_PAIR_SEPARATORS.replace(key_separator, ""))

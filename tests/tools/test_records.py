@@ -110,6 +110,39 @@ def test_symbol_headers_draw_their_separators_per_record_and_never_adgens():
     assert record_corpus(300, seed=3, words=WORDS, symbol_share=0.0) == record_corpus(300, seed=3, words=WORDS)
 
 
+def test_long_headers_reach_adgens_lengths_and_name_every_value():
+    """With long_share, about that share of headers has 6-9 keys besides 类别 (ADGEN's run to 9), filled
+    with invented keys past the kind's own; the others keep 3-6; every value is still named."""
+    records = record_corpus(2000, seed=17, words=WORDS, open_share=0.3, long_share=0.3)
+    sizes = []
+    for record in records:
+        header, text = record.split("\n", 1)
+        pairs = [(k, v) for k, v in parse_header(header) if k != "类别"]
+        assert all(value in text for _, value in pairs), record
+        sizes.append(len({k for k, _ in pairs}))
+    assert max(sizes) == 9 and min(sizes) == 3
+    # long headers are 6, 7, 8 or 9 keys alike, short ones at most 6: 7-9 keys is 3/4 of the long share
+    assert 0.18 * len(records) < sum(size >= 7 for size in sizes) < 0.27 * len(records)
+    short = record_corpus(2000, seed=17, words=WORDS, open_share=0.3)
+    assert max(len({k for k, _ in parse_header(r.split("\n", 1)[0]) if k != "类别"}) for r in short) == 6
+
+
+@pytest.mark.parametrize("ordered_share", [0.0, 1.0])
+def test_ordered_texts_name_the_values_in_header_order(ordered_share):
+    def in_order(record: str) -> bool | None:
+        header, text = record.split("\n", 1)
+        values = [v for k, v in parse_header(header)[1:] if k != "类别"][1:]  # after the noun
+        if len(values) < 3 or len(set(values)) < len(values):
+            return None
+        positions = [text.find(v) for v in values]
+        return positions == sorted(positions)
+
+    found = [in_order(r) for r in record_corpus(1000, seed=19, words=WORDS, ordered_share=ordered_share)]
+    found = [f for f in found if f is not None]
+    share = sum(found) / len(found)
+    assert share > 0.95 if ordered_share else share < 0.4
+
+
 def test_same_seed_same_records_and_goods_share():
     assert record_corpus(300, seed=3, words=WORDS) == record_corpus(300, seed=3, words=WORDS)
     assert record_corpus(300, seed=3, words=WORDS) != record_corpus(300, seed=4, words=WORDS)
