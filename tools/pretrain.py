@@ -529,6 +529,12 @@ def model_card(args: PretrainArguments, config: GlmConfig, metrics: dict, sample
         " which stays a layout the base has not seen."
         if args.records_symbol_share else ""
     )
+    if args.records_long_share:
+        symbols += (f"\n{args.records_long_share:.0%} of their headers are long, 6-9 keys (the kind's own, then invented"
+                    " ones), as ADGEN's headers run to 9 pairs; the others have 3-6.")
+    if args.records_ordered_share:
+        symbols += (f" {args.records_ordered_share:.0%} of their texts name the values in header order, the others in"
+                    " a random one.")
     return f"""# glm-zh-tiny
 
 A tiny ChatGLM2/3-style model (transformers `GlmForCausalLM`) trained from scratch on this
