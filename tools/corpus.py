@@ -76,12 +76,12 @@ class RecordsArguments:
                           "that record (never ADGEN's # and *), instead of one of the four fixed layouts."},
     )
     records_long_share: float = field(
-        default=0.0,
+        default=0.3,
         metadata={"help": "Chance that a record's header is long, 6-9 keys (its kind's own, then invented ones), "
                           "instead of 3-6: ADGEN's headers run to 9 pairs."},
     )
     records_ordered_share: float = field(
-        default=0.0,
+        default=0.5,
         metadata={"help": "Chance that a record's text names its values in header order instead of a random one."},
     )
 
