@@ -22,7 +22,7 @@ from tests.sft.serving.conftest import train_embedded
 
 PROMPTS = ("类型#上衣*颜色#红色", "类型#裙*版型#显瘦*风格#文艺*图案#碎花*裙长#连衣裙")
 MAX_TOKENS = 24
-LONG_PROMPT = "类型#裙*材质#雪纺*颜色#粉色"  # the base, greedy, writes more than 40 tokens before it stops
+LONG_PROMPT = "类型#裤*版型#宽松*材质#牛仔"  # the base, greedy, writes more than 40 tokens before it stops
 GREEDY = SamplingParams(max_tokens=MAX_TOKENS, temperature=0)
 
 

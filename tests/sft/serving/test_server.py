@@ -289,14 +289,14 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(watched):
 def test_a_client_that_disconnects_before_a_whole_answer_frees_its_slot(watched):
     """Not streamed: the server watches the connection while it collects the answer."""
     engine, server = watched
-    # seed 4: this answer runs the whole 900 tokens when nobody hangs up (many seeds end within 60)
-    body = {"model": "adgen-pt", "messages": MESSAGES, "max_tokens": 900, "temperature": 1.0, "seed": 4}
+    # seed 11: this answer runs the whole 900 tokens when nobody hangs up (most seeds end within 60)
+    body = {"model": "adgen-pt", "messages": MESSAGES, "max_tokens": 900, "temperature": 1.0, "seed": 11}
     before = len(engine.closed)
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{server.api}/chat/completions", json=body, timeout=httpx.Timeout(60, read=0.3))  # hangs up
     assert_closed_early(engine, before, max_tokens=900)
     client = openai.OpenAI(base_url=server.api, api_key="unused", max_retries=0, timeout=60)
-    assert chat(client, "adgen-pt", max_tokens=4, seed=2).choices[0].finish_reason == "length"  # still serving
+    assert chat(client, "adgen-pt", max_tokens=4, seed=2).usage.completion_tokens >= 1  # still serving
 
 
 def test_an_exception_in_one_request_fails_that_request_only(watched):
@@ -307,7 +307,7 @@ def test_an_exception_in_one_request_fails_that_request_only(watched):
             chat(client, "adgen-lora", max_tokens=8, seed=666)
         with pytest.raises(openai.APIError, match="a bug in the middle of this request"):
             list(chat(client, "adgen-lora", max_tokens=8, seed=667, stream=True))
-        assert chat(client, "adgen-lora", max_tokens=8, seed=1).choices[0].finish_reason == "length"
+        assert chat(client, "adgen-lora", max_tokens=8, seed=1).usage.completion_tokens >= 1  # still serving
 
 
 def test_serve_flags():
@@ -346,3 +346,4 @@ def test_python_m_sft_serve_answers_and_help_stays_light(served_checkpoints):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
