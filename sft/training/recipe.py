@@ -13,6 +13,7 @@ those of one process with the same global batch is argued in :mod:`sft.training.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,10 @@ def parse_args(argv: list[str] | None = None) -> TrainArguments:
                          "no partitioning), found stage 3")
     if training_args.fsdp:
         check_fsdp(method, training_args)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and training_args.world_size != launched:  # joins torchrun's process group
+        raise ValueError(f"torchrun: expected its {launched} processes to train as one (DDP), found a world size of "
+                         f"{training_args.world_size}: each process would train alone")
     by_name = {m.name: next((f for f in flags if type(f) is m.arguments), None) for m in METHODS.values() if m.arguments}
     return TrainArguments(model_args, data_args, method_args, by_name, training_args)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import resource
 import sys
 from dataclasses import dataclass, field, replace
@@ -73,6 +74,10 @@ class SFTTrainingArguments(TrainingArguments):
     def __post_init__(self) -> None:
         if self.learning_rate <= 0:
             raise ValueError(f"--learning_rate: expected a positive number, found {self.learning_rate}")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available():
+            # torchrun's processes on a machine without GPUs: transformers (5.24) joins them as DDP over gloo only
+            # with use_cpu; without it each process would train alone on its share of the batch.
+            self.use_cpu = True
         super().__post_init__()
         if self.activation_checkpointing and not self.activation_checkpointing_kwargs:
             # Non-reentrant checkpointing lets gradients reach the prefix or adapters while the base is frozen.

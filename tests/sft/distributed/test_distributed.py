@@ -45,6 +45,18 @@ def train_sh(model_dir: Path, out: Path, method: str, *extra: str, nproc: int = 
     return done
 
 
+@pytest.mark.skipif(torch.accelerator.is_available(), reason="with an accelerator the processes train on it")
+def test_two_processes_on_cpu_train_as_one_without_use_cpu(tiny_model_dir, tmp_path):
+    """What demo.sh runs: NPROC=2 on CPU with no --use_cpu is one DDP run of global batch 2 x 4, not two runs."""
+    env = {"NPROC": "2", "METHOD": "ptuning", "MODEL": str(tiny_model_dir), "OUTPUT_DIR": str(tmp_path),
+           "TRAIN_FILE": str(DATA / "train.json"), "VALIDATION_FILE": str(DATA / "dev.json"), "BATCH_SIZE": "4",
+           "MAX_STEPS": "2", "PRE_SEQ_LEN": "4", "MAX_SOURCE_LENGTH": "64", "MAX_TARGET_LENGTH": "64"}
+    done = run_subprocess("bash", "scripts/train.sh", *[f for f in flags("ptuning") if f != "--use_cpu"], **env)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert "world size 2, per-device batch 4" in output and "world size 1" not in output
+
+
 def one_process(model_dir: Path, out: Path, method: str, *extra: str, batch: int = 8, steps: int = 4) -> None:
     """The same run in this process: ``scripts/train.sh``'s flags with NPROC=1."""
     argv = ["--finetuning_type", method, "--model_name_or_path", str(model_dir),
