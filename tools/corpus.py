@@ -56,34 +56,31 @@ class Source:
 
 
 
+def _chance(default: float, help: str):
+    """A ``records_*_share`` flag: a chance in [0, 1] (``tools.pretrain.validate_args`` checks the range)."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class RecordsArguments:
     """The project's records in the corpus (:func:`record_sources`): one definition for the two tools that
     read the corpus, so the tokenizer is trained on the very records the model is pretrained on."""
 
     records_count: int = field(default=40000, metadata={"help": "Records from tools.records.record_corpus."})
-    records_open_share: float = field(
-        default=0.7, metadata={"help": "Chance that a record's value is a dictionary word, not one of its kind's bank."}
-    )
-    records_generic_share: float = field(
-        default=0.3,
-        metadata={"help": "Chance that a record's clause names its value in a phrasing for any key, and that a "
-                          "record has an invented key (a dictionary word)."},
-    )
-    records_symbol_share: float = field(
-        default=0.2,
-        metadata={"help": "Chance that a record's header separates keys, values and pairs with symbols drawn for "
-                          "that record (never ADGEN's # and *), instead of one of the four fixed layouts."},
-    )
-    records_long_share: float = field(
-        default=0.3,
-        metadata={"help": "Chance that a record's header is long, 6-9 keys (its kind's own, then invented ones), "
-                          "instead of 3-6: ADGEN's headers run to 9 pairs."},
-    )
-    records_ordered_share: float = field(
-        default=0.5,
-        metadata={"help": "Chance that a record's text names its values in header order instead of a random one."},
-    )
+    records_open_share: float = _chance(
+        0.7, "Chance that a record's value is a dictionary word, not one of its kind's bank.")
+    records_generic_share: float = _chance(
+        0.3, "Chance that a record's clause names its value in a phrasing for any key, and that a record has an "
+             "invented key (a dictionary word).")
+    records_symbol_share: float = _chance(
+        0.2, "Chance that a record's header separates keys, values and pairs with symbols drawn for that record "
+             "(never ADGEN's # and *), instead of one of the four fixed layouts.")
+    records_long_share: float = _chance(
+        0.3, "Chance that a record's header is long, 6-9 keys (its kind's own, then invented ones), instead of "
+             "3-6: ADGEN's headers run to 9 pairs.")
+    records_ordered_share: float = _chance(
+        0.5, "Chance that a record's text names its values in header order instead of a random one.")
+
 
 def package_dir(package: str) -> Path:
     """Directory of an installed package, located without importing it."""
