@@ -318,7 +318,7 @@ def _text(kind: Kind, header: dict[str, list[str]], rng: random.Random, generic_
     while i < len(clauses):
         size = 2 if i + 1 < len(clauses) and rng.random() < 0.5 else 1
         sentence = "，".join(clauses[i : i + size]) + "。"
-        if sentences and rng.random() < 0.3:
+        if sentences and connectors and rng.random() < 0.3:  # a long header can outlast them
             sentence = connectors.pop() + sentence
         sentences.append(sentence)
         if kind.remarks and rng.random() < 0.4:

@@ -22,6 +22,7 @@ from tools.records import (
     KINDS,
     SYMBOL_KEY_SEPARATORS,
     SYMBOL_PAIR_SEPARATORS,
+    _text,
     record_corpus,
     render_header,
 )
@@ -125,6 +126,17 @@ def test_long_headers_reach_adgens_lengths_and_name_every_value():
     assert 0.18 * len(records) < sum(size >= 7 for size in sizes) < 0.27 * len(records)
     short = record_corpus(2000, seed=17, words=WORDS, open_share=0.3)
     assert max(len({k for k, _ in parse_header(r.split("\n", 1)[0]) if k != "类别"}) for r in short) == 6
+
+
+def test_a_text_outlasting_the_connectors_goes_on_without_one():
+    """A header can make more sentences than there are connectors ("此外，", ...); a long one
+    (ADGEN's run to 9 keys) did at pretraining's 40000 records and stopped the build. The text then goes
+    on without a connector and still names every value."""
+    kind = KINDS[0]
+    for seed in range(50):
+        header = {kind.noun_key: [kind.nouns[0]], **{f"键{i}": [f"值{i}"] for i in range(12)}}
+        text = _text(kind, header, random.Random(seed), ordered_share=1.0)
+        assert all(f"值{i}" in text for i in range(12)), text
 
 
 @pytest.mark.parametrize("ordered_share", [0.0, 1.0])
