@@ -49,7 +49,20 @@ def main(argv: list[str] | None = None) -> int:
 
         return parse_args(argv)
 
-    return run_command(parse, run, log_stream=sys.stdout)
+    try:
+        return run_command(parse, run, log_stream=sys.stdout)
+    finally:
+        leave_process_group()
+
+
+def leave_process_group() -> None:
+    """Leave torchrun's process group (the Trainer's arguments join it when parsed) while the interpreter
+    is still whole: gloo's worker threads left running into its shutdown can abort the process (SIGABRT,
+    "terminate called without an active exception") after it trained and saved. Nothing to do when no
+    group was joined."""
+    dist = sys.modules.get("torch.distributed")  # not imported: no group, and no torch import just for this
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
