@@ -124,7 +124,8 @@ def run_baseline(arm: str, args, model_dir: Path, out: Path, timer) -> int:
     data_args = DataArguments(train_file=str(train_file(Path(args.data))), max_train_samples=args.rows,
                               max_source_length=MAX_SOURCE, max_target_length=MAX_TARGET, template="chatglm3")
     dataset = build_dataset(data_args.train_file, tokenizer, data_args)
-    model = GlmForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, attn_implementation="sdpa")
+    model = GlmForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, attn_implementation="sdpa",
+                                            use_kernels=False)  # every arm the same layers (sft.models)
     torch.manual_seed(SEED)
     if arm in ("peft_prefix", "chatglm2_fixed"):
         model = get_peft_model(model, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=PRE_SEQ_LEN))

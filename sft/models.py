@@ -94,8 +94,11 @@ def load_base_model(path: Path, dtype: torch.dtype, attn_implementation: str = "
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(str(path))
+    # transformers 5.25 swaps layers for kernels fetched from the Hub unless told not to (use_kernels
+    # defaults to True there, False before): no download at run time, and the model computes what its
+    # checkpoint and prefix were trained and tested with.
     model = AutoModelForCausalLM.from_pretrained(
-        str(path), config=config, dtype=dtype, attn_implementation=attn_implementation
+        str(path), config=config, dtype=dtype, attn_implementation=attn_implementation, use_kernels=False
     )
     logger.info("loaded base model %s (%s, %.1fM parameters)", path, dtype, model.num_parameters() / 1e6)
     return model

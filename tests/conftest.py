@@ -71,7 +71,7 @@ TINY_DATA = {
 
 def build_tiny_ptuning_checkpoint(base_dir: Path, directory: Path, mask: str, seed: int = 1) -> Path:
     """A P-tuning checkpoint on ``base_dir`` as ``sft.train`` writes it, prefix drawn with std 1 so it matters."""
-    model = GlmForCausalLM.from_pretrained(str(base_dir))
+    model = GlmForCausalLM.from_pretrained(str(base_dir), use_kernels=False)
     base_fp = fingerprint(model)  # before the prefix encoder becomes a submodule
     config = PrefixConfig(pre_seq_len=TINY_PRE_SEQ_LEN, layout=kv_layout(model.config), mask=mask)
     encoder = attach_encoder(model, config)

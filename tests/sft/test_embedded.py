@@ -38,7 +38,7 @@ def tokenizer(offline):
 
 @pytest.fixture(scope="module")
 def model(offline):
-    return AutoModelForCausalLM.from_pretrained(DEFAULT_MODEL_DIR).eval()
+    return AutoModelForCausalLM.from_pretrained(DEFAULT_MODEL_DIR, use_kernels=False).eval()
 
 
 # --------------------------------------------------------------------------- the shipped model
