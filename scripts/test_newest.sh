@@ -23,7 +23,7 @@ if [ -z "${LOCKED:-}" ]; then
     newest=$("${pip[@]}" index versions "$package" 2>/dev/null | sed -nE "s/^$package \(([^)]+)\).*/\1/p")
     installed=$("$venv/bin/python" -c "from importlib.metadata import version; print(version('$package'))")
     if [ -n "$newest" ] && [ "$newest" != "$installed" ]; then
-      reason=$("${pip[@]}" install --dry-run "$package==$newest" 2>&1 | grep -m1 "^ERROR" || true)
+      reason=$("${pip[@]}" install --dry-run "$package==$newest" 2>&1 | grep -m1 "^ERROR" | sed -E "s/ \(from versions:.*//" || true)
       echo "note: $package $newest is released, but $installed is what installs here: ${reason:-pip gave no reason}"
       if [ -n "${NO_DEPS:-}" ]; then
         quiet "${pip[@]}" install --quiet --no-deps "$package==$newest"
