@@ -26,6 +26,7 @@ _HOMES = {
     "build_dataset": "encoding",
     "encode_example": "encoding",
     "encode_prompt": "encoding",
+    "encode_prompt_counted": "encoding",
     "eos_id": "encoding",
     "pad_id": "encoding",
     "token_lengths": "encoding",

@@ -150,7 +150,13 @@ def token_lengths(example: Example, tokenizer: Any) -> tuple[int, int]:
 
 def encode_prompt(example: Example, tokenizer: Any, max_source_length: int) -> list[int]:
     """The prompt ids exactly as training sees them: what generation starts from."""
-    return _cut_left(_encode_segments(example.segments[:-1], tokenizer), max_source_length).ids
+    return encode_prompt_counted(example, tokenizer, max_source_length)[0]
+
+
+def encode_prompt_counted(example: Example, tokenizer: Any, max_source_length: int) -> tuple[list[int], int]:
+    """:func:`encode_prompt`'s ids and the prompt's length in tokens before ``max_source_length`` cut it."""
+    tokens = _encode_segments(example.segments[:-1], tokenizer)
+    return _cut_left(tokens, max_source_length).ids, len(tokens.ids)
 
 
 def encode_example(example: Example, tokenizer: Any, max_source_length: int, max_target_length: int) -> dict:

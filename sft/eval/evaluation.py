@@ -4,7 +4,10 @@
 method from its ``sft_checkpoint.json``), read the dev rows with the data settings it was
 trained with, generate the rows not generated yet (:mod:`sft.eval.predictions` keeps the
 predictions file resumable), score, and write ``metrics.json`` (``rouge-1``, ``rouge-2``,
-``rouge-l``, ``bleu-4``, ``n``, ``empty``, the generation settings and the checkpoint).
+``rouge-l``, ``bleu-4``, ``attribute_recall``, ``distinct``, ``n``, ``empty``, ``at_limit``,
+``prompts_cut``, the generation settings and the checkpoint). Nothing is cut without a word:
+the log says how many prompts ``max_source_length`` cut and how many answers ``max_new_tokens``
+ended before an eos (``at_limit``, marked on their rows of the predictions file).
 
 :func:`evaluate_examples` is the same evaluation for code (the Trainer during training).
 
@@ -27,19 +30,19 @@ import torch
 import torch.distributed as dist
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from sft.data import DataArguments, Example, encode_prompt, load_examples
+from sft.data import DataArguments, Example, encode_prompt_counted, load_examples
 from sft.data.reading import read_rows
 from sft.eval.arguments import EvaluateArguments, GenerationArguments, LoadArguments
-from sft.eval.generation import Shard, generate_all
+from sft.eval.generation import Answer, Shard, generate_all
 from sft.eval.loading import checkpoint_data_arguments, load_model
-from sft.eval.predictions import PREDICTIONS_FILE, EvaluationError, resume, write_predictions
+from sft.eval.predictions import PREDICTIONS_FILE, EvaluationError, prediction_row, resume, write_predictions
 from sft.eval.scores import score_corpus
 from sft.models import EMBEDDED
 
 logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
-TABLE_KEYS = ("rouge-1", "rouge-2", "rouge-l", "bleu-4", "attribute_recall", "distinct", "n", "empty")
+TABLE_KEYS = ("rouge-1", "rouge-2", "rouge-l", "bleu-4", "attribute_recall", "distinct", "n", "empty", "at_limit")
 
 
 def evaluate_examples(
@@ -49,10 +52,10 @@ def evaluate_examples(
     max_source_length: int,
     gen_args: GenerationArguments,
     *,
-    done: dict[int, str] | None = None,
-    on_result: Callable[[int, str], None] | None = None,
+    done: dict[int, Answer] | None = None,
+    on_result: Callable[[int, Answer], None] | None = None,
     shard: Shard = Shard(),
-) -> tuple[list[str], dict]:
+) -> tuple[list[Answer], dict]:
     """Generate a prediction for every example and score them against the examples' answers.
 
     Args:
@@ -63,11 +66,14 @@ def evaluate_examples(
         shard: this process's part when several generate together (every process gets every prediction).
 
     Returns:
-        The predictions in example order and :func:`sft.eval.scores.score_corpus`'s scores.
+        The predictions in example order and :func:`sft.eval.scores.score_corpus`'s scores, with
+        ``at_limit`` (answers that ``gen_args.max_new_tokens`` ended before an eos) and ``prompts_cut``
+        (prompts longer than ``max_source_length``, cut from the left as in training) counted.
         The model is put in eval mode while generating and given back in its former mode.
     """
     done = done or {}
-    prompt_ids = [encode_prompt(example, tokenizer, max_source_length) for example in examples]
+    encoded = [encode_prompt_counted(example, tokenizer, max_source_length) for example in examples]
+    prompt_ids = [ids for ids, _ in encoded]
     was_training = model.training
     model.eval()
     try:
@@ -75,9 +81,12 @@ def evaluate_examples(
                                  shard=shard)
     finally:
         model.train(was_training)
-    predictions = [done[i] if text is None else text for i, text in enumerate(generated)]
+    answers = [done[i] if answer is None else answer for i, answer in enumerate(generated)]
     references = [example.answer for example in examples]
-    return predictions, score_corpus(predictions, references, [example.prompt for example in examples])
+    scores = score_corpus([a.text for a in answers], references, [example.prompt for example in examples])
+    scores["at_limit"] = sum(answer.at_limit for answer in answers)
+    scores["prompts_cut"] = sum(length > len(ids) for ids, length in encoded)
+    return answers, scores
 
 
 def raw_prompts(path: str, examples: list[Example], column: str | None) -> list[str]:
@@ -142,16 +151,16 @@ def generate_appending(model, tokenizer, examples, rows, max_source_length, gen_
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(path.open("a", encoding="utf-8")) if shard.main else None
 
-        def append(index: int, prediction: str) -> None:
-            out.write(json.dumps({**rows[index], "prediction": prediction}, ensure_ascii=False) + "\n")
+        def append(index: int, answer: Answer) -> None:
+            out.write(json.dumps(prediction_row(rows[index], answer), ensure_ascii=False) + "\n")
             out.flush()
 
-        predictions, scores = evaluate_examples(
+        answers, scores = evaluate_examples(
             model, tokenizer, examples, max_source_length, gen_args, done=done,
             on_result=append if shard.main else None, shard=shard,
         )
     if shard.main:
-        write_predictions(path, rows, dict(enumerate(predictions)))
+        write_predictions(path, rows, dict(enumerate(answers)))
     return scores
 
 
@@ -193,5 +202,17 @@ def evaluate(load_args: LoadArguments, args: EvaluateArguments, gen_args: Genera
                                 shard)
     metrics = {**scores, "generation": settings, "checkpoint": settings["checkpoint"], "method": info.method}
     if shard.main:
+        report_cuts(metrics, data_args.max_source_length, gen_args.max_new_tokens, path)
         write_metrics(output_dir, metrics)
     return metrics
+
+
+def report_cuts(metrics: dict, max_source_length: int, max_new_tokens: int, path: Path) -> None:
+    """A warning for each limit that cut rows: scores of cut texts are not those of whole ones."""
+    n = metrics["n"]
+    if metrics["prompts_cut"]:
+        logger.warning("the checkpoint's max_source_length %d cuts %d of %d prompts from the left, as in training",
+                       max_source_length, metrics["prompts_cut"], n)
+    if metrics["at_limit"]:
+        logger.warning("--max_new_tokens %d ended %d of %d answers before an eos (\"at_limit\": true in %s); "
+                       "raise it to let them finish", max_new_tokens, metrics["at_limit"], n, path)

@@ -4,9 +4,10 @@ What a generation run needs, and nothing more (the settings are
 :class:`sft.eval.arguments.GenerationArguments`: greedy by default, sampling on request, bounded
 by ``max_new_tokens``, never a ``max_length`` that counts the prompt):
 
-* :func:`generate_token_ids` / :func:`generate_batch`: one batch. Prompts are padded on the
-  left so every row's next token sits in the last column; generation stops on every eos id
-  the model declares (:func:`eos_token_ids`; GLM-4 declares three).
+* :func:`generate_token_ids` / :func:`generate_answers` / :func:`generate_batch`: one batch.
+  Prompts are padded on the left so every row's next token sits in the last column; generation
+  stops on every eos id the model declares (:func:`eos_token_ids`; GLM-4 declares three). An
+  :class:`Answer` says whether it stopped there or at ``max_new_tokens`` (cut mid-text).
 * :func:`generate_all`: many prompts, sorted by length so a batch wastes little padding,
   results handed back as rows finish and returned in input order. Under ``torchrun`` the
   batches are dealt out to the processes (:class:`Shard`).
@@ -142,6 +143,29 @@ def generate_token_ids(
     return [_cut_at_eos(ids, set(eos)) for ids in new_tokens]
 
 
+@dataclass(frozen=True)
+class Answer:
+    """One row's generated text (special tokens dropped, stripped) and whether ``max_new_tokens`` ended
+    it before any eos did: then the text may stop mid-sentence."""
+
+    text: str
+    at_limit: bool = False
+
+
+def generate_answers(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_ids: list[list[int]],
+    args: GenerationArguments,
+    streamer: BaseStreamer | None = None,
+) -> list[Answer]:
+    """Generate one batch; return each row's :class:`Answer`."""
+    new_ids = generate_token_ids(model, tokenizer, prompt_ids, args, streamer)
+    # Cut at the first eos, a row is max_new_tokens long only if no eos came.
+    return [Answer(tokenizer.decode(ids, skip_special_tokens=True).strip(), len(ids) >= args.max_new_tokens)
+            for ids in new_ids]
+
+
 def generate_batch(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -150,8 +174,7 @@ def generate_batch(
     streamer: BaseStreamer | None = None,
 ) -> list[str]:
     """Generate one batch; return each row's new text (special tokens dropped, stripped)."""
-    new_ids = generate_token_ids(model, tokenizer, prompt_ids, args, streamer)
-    return [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in new_ids]
+    return [answer.text for answer in generate_answers(model, tokenizer, prompt_ids, args, streamer)]
 
 
 def length_sorted_batches(prompt_ids: list[list[int]], batch_size: int, skip: Iterable[int] = ()) -> list[list[int]]:
@@ -171,28 +194,28 @@ def generate_all(
     prompt_ids: list[list[int]],
     args: GenerationArguments,
     *,
-    on_result: Callable[[int, str], None] | None = None,
+    on_result: Callable[[int, Answer], None] | None = None,
     skip: Iterable[int] = (),
     shard: Shard = Shard(),
-) -> list[str | None]:
+) -> list[Answer | None]:
     """Generate for every prompt not in ``skip``, in batches of similar length, with a progress bar.
 
-    ``on_result(index, text)`` is called for each row as its batch finishes, in batch order.
-    Returns the texts in input order; rows in ``skip`` are ``None``. With a ``shard`` of several
-    processes, each generates its share of the batches and every process gets every text.
+    ``on_result(index, answer)`` is called for each row as its batch finishes, in batch order.
+    Returns the answers in input order; rows in ``skip`` are ``None``. With a ``shard`` of several
+    processes, each generates its share of the batches and every process gets every answer.
     """
-    results: list[str | None] = [None] * len(prompt_ids)
+    results: list[Answer | None] = [None] * len(prompt_ids)
     batches = length_sorted_batches(prompt_ids, args.batch_size, skip)
     with tqdm(total=sum(map(len, batches)), desc="generating", unit="row", disable=not shard.main) as progress:
         for start in range(0, len(batches), shard.world):
             dealt = batches[start:start + shard.world]  # one batch per process, fewer in the last round
             mine = dealt[shard.rank] if shard.rank < len(dealt) else []
-            texts = generate_batch(model, tokenizer, [prompt_ids[i] for i in mine], args) if mine else []
-            for batch, batch_texts in shard.exchange((mine, texts)):
-                for index, text in zip(batch, batch_texts):
-                    results[index] = text
+            answers = generate_answers(model, tokenizer, [prompt_ids[i] for i in mine], args) if mine else []
+            for batch, batch_answers in shard.exchange((mine, answers)):
+                for index, answer in zip(batch, batch_answers):
+                    results[index] = answer
                     if on_result is not None:
-                        on_result(index, text)
+                        on_result(index, answer)
                 progress.update(len(batch))
     return results
 

@@ -1,7 +1,8 @@
 """The predictions file of an evaluation run, which a rerun continues instead of starting over.
 
 * ``generated_predictions.jsonl``: one JSON object per row (``index``, ``prompt``: the raw
-  prompt column text, ``prediction``, ``reference``), appended and flushed as rows are
+  prompt column text, ``prediction``, ``reference``; ``at_limit``: true where ``max_new_tokens``
+  ended the prediction before an eos), appended and flushed as rows are
   generated, so an interrupted run loses at most one batch. A rerun generates only the
   missing rows; at the end the file is rewritten in index order.
 * ``generation_settings.json``: what decides the predictions (checkpoint, data, generation
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from sft.data.reading import read_rows
 from sft.errors import UserError
+from sft.eval.generation import Answer
 
 logger = logging.getLogger(__name__)
 
@@ -45,12 +47,12 @@ def check_settings(output_dir: Path, settings: dict, overwrite: bool) -> None:
     settings_file.write_text(json.dumps(settings, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
 
 
-def read_done(path: Path, rows: list[dict]) -> dict[int, str]:
+def read_done(path: Path, rows: list[dict]) -> dict[int, Answer]:
     """Predictions already in ``path`` for ``rows``, checked against them; a cut-off last line is dropped."""
     if not path.exists() or not path.read_bytes().strip():
         return {}
     saved_rows = read_rows(path)
-    done: dict[int, str] = {}
+    done: dict[int, Answer] = {}
     for number, row in enumerate(saved_rows, start=1):
         if row.error is not None:
             if number == len(saved_rows):
@@ -65,18 +67,23 @@ def read_done(path: Path, rows: list[dict]) -> dict[int, str]:
                 f"{path}:{row.line}: expected row {index} of the validation file, found another prompt or reference; "
                 "pass --overwrite to start over"
             )
-        done[index] = saved.get("prediction", "")
+        done[index] = Answer(saved.get("prediction", ""), saved.get("at_limit") is True)
     return done
 
 
-def write_predictions(path: Path, rows: list[dict], predictions: dict[int, str]) -> None:
+def prediction_row(row: dict, answer: Answer) -> dict:
+    """A line of the predictions file: the row, its prediction and, when true, ``at_limit``."""
+    return {**row, "prediction": answer.text, **({"at_limit": True} if answer.at_limit else {})}
+
+
+def write_predictions(path: Path, rows: list[dict], predictions: dict[int, Answer]) -> None:
     """Rewrite ``path`` with the rows that have a prediction, in index order."""
     with path.open("w", encoding="utf-8") as out:
         for index in sorted(predictions):
-            out.write(json.dumps({**rows[index], "prediction": predictions[index]}, ensure_ascii=False) + "\n")
+            out.write(json.dumps(prediction_row(rows[index], predictions[index]), ensure_ascii=False) + "\n")
 
 
-def resume(output_dir: Path, rows: list[dict], settings: dict, overwrite: bool) -> dict[int, str]:
+def resume(output_dir: Path, rows: list[dict], settings: dict, overwrite: bool) -> dict[int, Answer]:
     """Predictions an earlier run with the same settings left in ``output_dir``."""
     check_settings(output_dir, settings, overwrite)
     path = output_dir / PREDICTIONS_FILE

@@ -19,6 +19,7 @@ from sft.data import DataArguments, load_examples
 from sft.eval.evaluation import TABLE_KEYS, evaluate_examples
 from sft.eval.predictions import PREDICTIONS_FILE
 from sft.eval.arguments import GenerationArguments
+from sft.eval.generation import Answer
 from sft.infer import main as infer_main
 from tests.conftest import run_in_process, run_subprocess
 
@@ -57,6 +58,9 @@ def test_evaluate_writes_predictions_metrics_and_prints_a_table(evaluated, adgen
     assert all(isinstance(row["prediction"], str) for row in rows)
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert set(TABLE_KEYS) <= set(metrics) and metrics["n"] == 6
+    # 6 new tokens end the random model's texts before an eos: counted, marked, and said.
+    assert metrics["at_limit"] == sum(row.get("at_limit", False) for row in rows) > 0
+    assert f"--max_new_tokens 6 ended {metrics['at_limit']} of 6 answers before an eos" in done.stderr
     assert metrics["generation"]["max_new_tokens"] == 6 and metrics["method"] == "ptuning"
     table = done.stdout.strip().splitlines()
     assert table[0].split() == ["metric", "|", "score"]
@@ -125,11 +129,16 @@ def test_evaluate_examples_scores_and_keeps_training_mode(tiny_ptuning_checkpoin
     examples = load_examples(adgen_file, DataArguments(template=info.template))
     model.train()
     predictions, metrics = evaluate_examples(
-        model, tokenizer, examples, 64, GenerationArguments(max_new_tokens=4), done={0: "这是第0件好看的衣服。"}
+        model, tokenizer, examples, 64, GenerationArguments(max_new_tokens=4), done={0: Answer("这是第0件好看的衣服。")}
     )
     assert model.training
-    assert len(predictions) == 6 and predictions[0] == "这是第0件好看的衣服。"
+    assert len(predictions) == 6 and predictions[0] == Answer("这是第0件好看的衣服。")
     assert metrics["n"] == 6 and metrics["rouge-1"] > 0
+    assert metrics["at_limit"] == sum(p.at_limit for p in predictions[1:]) > 0, "4 new tokens end a random model's text"
+    assert metrics["prompts_cut"] == 0
+    _, cut = evaluate_examples(model, tokenizer, examples, 12, GenerationArguments(max_new_tokens=1))
+    lengths = [len(tokenizer(e.prompt)["input_ids"]) for e in examples]  # the raw prompt alone: a lower bound
+    assert cut["prompts_cut"] >= sum(length > 12 for length in lengths) > 0
 
 
 def test_infer_prompt_prints_text(tiny_ptuning_checkpoint):
@@ -137,6 +146,15 @@ def test_infer_prompt_prints_text(tiny_ptuning_checkpoint):
                           "--prompt", "类型#上衣*颜色#红色", "--max_new_tokens", "8")
     assert done.returncode == 0, done.stderr
     assert len(done.stdout.strip().splitlines()) == 1 and done.stdout.strip()
+
+
+def test_infer_says_what_the_limits_cut(tiny_ptuning_checkpoint):
+    done = run_in_process("sft.infer", "--checkpoint", tiny_ptuning_checkpoint("prefix_lm"),
+                          "--prompt", "类型#上衣*颜色#红色*" * 40, "--max_new_tokens", "3")
+    assert done.returncode == 0, done.stderr
+    assert "max_source_length 64 keeps the last 64" in done.stderr
+    assert "--max_new_tokens 3 ended the answer before an eos" in done.stderr
+    assert len(done.stdout.strip().splitlines()) == 1, "the warnings go to stderr, the answer alone to stdout"
 
 
 def test_infer_file_adds_predictions_in_input_order(tiny_ptuning_checkpoint, adgen_file, tmp_path, capsys):

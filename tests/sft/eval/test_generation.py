@@ -14,7 +14,9 @@ from sft.data import DataArguments, encode_prompt, load_examples
 from sft.eval.arguments import GenerationArguments
 from sft.eval.generation import (
     eos_token_ids,
+    Answer,
     generate_all,
+    generate_answers,
     generate_batch,
     generate_token_ids,
     length_sorted_batches,
@@ -65,8 +67,9 @@ def test_generate_all_returns_input_order_and_skips(prompt_ids, tiny_model_dir):
     args = GenerationArguments(max_new_tokens=6, batch_size=4)
     alone = [generate_batch(model, tokenizer, [ids], args)[0] for ids in prompt_ids]
     seen: list[tuple[int, str]] = []
-    texts = generate_all(model, tokenizer, prompt_ids, args, on_result=lambda i, t: seen.append((i, t)), skip={0, 3})
-    assert texts == [None if i in (0, 3) else text for i, text in enumerate(alone)]
+    answers = generate_all(model, tokenizer, prompt_ids, args, on_result=lambda i, a: seen.append((i, a.text)),
+                           skip={0, 3})
+    assert [a and a.text for a in answers] == [None if i in (0, 3) else text for i, text in enumerate(alone)]
     assert sorted(seen) == [(i, alone[i]) for i in (1, 2, 4, 5)]
     assert [i for i, _ in seen] != [1, 2, 4, 5], "rows should come back in length order, not input order"
 
@@ -100,6 +103,19 @@ def test_stops_on_each_declared_eos(prompt_ids, tiny_model_dir):
     assert free[0][stop] not in stopped[1] and stopped[1] == free[1][: len(stopped[1])]
     text = generate_batch(model, tokenizer, prompt_ids[:1], args)[0]
     assert text == tokenizer.decode(free[0][:stop], skip_special_tokens=True).strip()
+
+
+def test_an_answer_says_whether_max_new_tokens_ended_it(prompt_ids, tiny_model_dir):
+    """Declare a token of row 0's text an eos: row 0 ends there, row 1 (without that token) at the limit."""
+    model, tokenizer, _ = load_for_inference(str(tiny_model_dir))
+    args = GenerationArguments(max_new_tokens=NEW_TOKENS)
+    free = generate_token_ids(model, tokenizer, prompt_ids[:2], args)
+    assert [len(ids) for ids in free] == [NEW_TOKENS, NEW_TOKENS], "the random model writes no eos this soon"
+    stop = next(k for k in range(1, NEW_TOKENS) if free[0][k] not in free[0][:k] + free[1])
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, free[0][stop]]
+    answers = generate_answers(model, tokenizer, prompt_ids[:2], args)
+    assert answers[0] == Answer(tokenizer.decode(free[0][:stop], skip_special_tokens=True).strip(), at_limit=False)
+    assert answers[1] == Answer(tokenizer.decode(free[1], skip_special_tokens=True).strip(), at_limit=True)
 
 
 def test_max_new_tokens_does_not_count_the_prompt(prompt_ids, tiny_model_dir):
