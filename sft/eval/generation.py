@@ -4,7 +4,7 @@ What a generation run needs, and nothing more (the settings are
 :class:`sft.eval.arguments.GenerationArguments`: greedy by default, sampling on request, bounded
 by ``max_new_tokens``, never a ``max_length`` that counts the prompt):
 
-* :func:`generate_token_ids` / :func:`generate_answers` / :func:`generate_batch`: one batch.
+* :func:`generate_token_ids` / :func:`generate_answers`: one batch.
   Prompts are padded on the left so every row's next token sits in the last column; generation
   stops on every eos id the model declares (:func:`eos_token_ids`; GLM-4 declares three). An
   :class:`Answer` says whether it stopped there or at ``max_new_tokens`` (cut mid-text).
@@ -164,17 +164,6 @@ def generate_answers(
     # Cut at the first eos, a row is max_new_tokens long only if no eos came.
     return [Answer(tokenizer.decode(ids, skip_special_tokens=True).strip(), len(ids) >= args.max_new_tokens)
             for ids in new_ids]
-
-
-def generate_batch(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompt_ids: list[list[int]],
-    args: GenerationArguments,
-    streamer: BaseStreamer | None = None,
-) -> list[str]:
-    """Generate one batch; return each row's new text (special tokens dropped, stripped)."""
-    return [answer.text for answer in generate_answers(model, tokenizer, prompt_ids, args, streamer)]
 
 
 def length_sorted_batches(prompt_ids: list[list[int]], batch_size: int, skip: Iterable[int] = ()) -> list[list[int]]:

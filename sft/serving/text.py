@@ -1,6 +1,6 @@
 """One request's answer as text, streamed: never emit what a later token or a stop string takes back.
 
-The finished answer is what :func:`sft.eval.generation.generate_batch` returns for the same tokens
+The finished answer is what :func:`sft.eval.generation.generate_answers` returns for the same tokens
 (``sft.infer``'s answer): the new ids up to the first eos, decoded without special tokens, with
 leading and trailing whitespace stripped; a stop string cuts it before its first occurrence (and
 the cut answer is stripped again). Streaming must add up to exactly that, so while a row runs

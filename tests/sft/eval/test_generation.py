@@ -17,7 +17,6 @@ from sft.eval.generation import (
     Answer,
     generate_all,
     generate_answers,
-    generate_batch,
     generate_token_ids,
     length_sorted_batches,
 )
@@ -65,7 +64,7 @@ def test_prefix_changes_what_is_generated(mask, prompt_ids, tiny_model_dir, tiny
 def test_generate_all_returns_input_order_and_skips(prompt_ids, tiny_model_dir):
     model, tokenizer, _ = load_for_inference(str(tiny_model_dir))
     args = GenerationArguments(max_new_tokens=6, batch_size=4)
-    alone = [generate_batch(model, tokenizer, [ids], args)[0] for ids in prompt_ids]
+    alone = [generate_answers(model, tokenizer, [ids], args)[0].text for ids in prompt_ids]
     seen: list[tuple[int, str]] = []
     answers = generate_all(model, tokenizer, prompt_ids, args, on_result=lambda i, a: seen.append((i, a.text)),
                            skip={0, 3})
@@ -101,7 +100,7 @@ def test_stops_on_each_declared_eos(prompt_ids, tiny_model_dir):
     stopped = generate_token_ids(model, tokenizer, prompt_ids[:2], args)
     assert stopped[0] == free[0][:stop]
     assert free[0][stop] not in stopped[1] and stopped[1] == free[1][: len(stopped[1])]
-    text = generate_batch(model, tokenizer, prompt_ids[:1], args)[0]
+    text = generate_answers(model, tokenizer, prompt_ids[:1], args)[0].text
     assert text == tokenizer.decode(free[0][:stop], skip_special_tokens=True).strip()
 
 

@@ -22,7 +22,7 @@ from sft import train as train_command
 from sft.checkpoint import load_checkpoint, load_for_inference
 from sft.errors import CheckpointError
 from sft.eval.arguments import GenerationArguments
-from sft.eval.generation import generate_batch
+from sft.eval.generation import generate_answers
 from sft.methods.lora import LORA_TARGETS
 from sft.training import recipe
 from tests.conftest import REPO, run_in_process, run_subprocess
@@ -148,7 +148,7 @@ def test_generation_through_peft_goes_through_the_mask_hook(trained):
     model.get_base_model().register_forward_pre_hook(
         lambda module, args, kwargs: masks.append(kwargs["attention_mask"].dim()), with_kwargs=True
     )
-    generate_batch(model, tokenizer, [[5, 6, 7]], GenerationArguments(max_new_tokens=3))
+    generate_answers(model, tokenizer, [[5, 6, 7]], GenerationArguments(max_new_tokens=3))
     assert masks and set(masks) == {4}  # the prefix-LM hook built a 4-D mask for every step
 
 
