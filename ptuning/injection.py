@@ -32,6 +32,9 @@ the prefix, and the attention each layer runs, once for all layers, in the cheap
   ``is_causal`` or the row's own ``(1, 1, t, P + t)`` mask. No row can see another, and attention
   costs ``sum(t_i^2)``, where the equivalent dense block-diagonal mask (:func:`ptuning.masks.build_packed_mask`,
   the ``dense`` reference path) would compute all ``N^2`` scores.
+* on CPU, SDPA takes grouped keys and values as they are (``enable_gqa``): transformers' SDPA function
+  repeats each key/value head for its group of query heads whenever there is a mask, a copy per row
+  and layer (:func:`_grouped_sdpa`).
 * a serving batch (``row_prefixes=``:class:`RowPrefixes`, from :mod:`sft.serving`): each row of a
   left-padded batch brings its own precomputed prefix keys/values (different checkpoints, different
   lengths, or none: padded to the longest) and its own mask type; one ``(B, 1, T, P + K)`` mask hides
@@ -168,7 +171,7 @@ def _prefixed_attention(module, query, key, value, attention_mask, *, backend: s
     if not inputs.dense:
         if inputs.prefix is not None:
             key, value = _prepend_prefix(module, inputs.prefix, key, value)
-        return attend(module, query, key, value, inputs.mask, **kwargs)
+        return _attention(module, attend, query, key, value, inputs.mask, kwargs)
     attention_mask = _select_sparse_keys(module, attention_mask, kwargs, backend)
     if inputs.prefix is not None:
         if attention_mask is None:
@@ -182,15 +185,50 @@ def _attend_row_by_row(module, attend, inputs: LayerInputs, query, key, value, k
     """A packed batch's attention, one backend call per row.
 
     ``query`` ``(1, heads, N, head_dim)`` -> output ``(1, N, heads, value_head_dim)``, as the backend returns it.
+    The rows tile the sequence, so one ``split`` per tensor cuts them (its backward is one ``cat``, where
+    slicing each row would make a zero-filled gradient of the whole sequence per row).
     """
+    lengths = [end - start for start, end, _ in inputs.rows]
+    rows = zip(query.split(lengths, dim=2), key.split(lengths, dim=2), value.split(lengths, dim=2), inputs.rows)
     outputs = []
-    for start, end, mask in inputs.rows:
-        row_key, row_value = key[:, :, start:end], value[:, :, start:end]  # (1, kv_heads, t, head_dim)
+    for row_query, row_key, row_value, (_, _, mask) in rows:  # (1, heads or kv_heads, t, head_dim)
         if inputs.prefix is not None:
             row_key, row_value = _prepend_prefix(module, inputs.prefix, row_key, row_value)
-        output, _ = attend(module, query[:, :, start:end], row_key, row_value, mask, **kwargs)
+        output, _ = _attention(module, attend, row_query, row_key, row_value, mask, kwargs)
         outputs.append(output)  # (1, t, heads, value_head_dim)
     return torch.cat(outputs, dim=1), None
+
+
+_SDPA = AttentionInterface()["sdpa"]
+
+
+def _attention(module, attend, query, key, value, mask, kwargs: dict):
+    """The backend's attention, or on CPU :func:`_grouped_sdpa` in place of transformers' SDPA function.
+
+    PyTorch's CPU kernels take grouped keys and values (``enable_gqa``) with a mask; on CUDA a mask with
+    ``enable_gqa`` falls back to the math kernel, so there transformers' repeated keys run faster.
+    """
+    extras = kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None
+    if attend is not _SDPA or query.device.type != "cpu" or extras or kwargs.get("output_attentions"):
+        return attend(module, query, key, value, mask, **kwargs)
+    return _grouped_sdpa(module, query, key, value, mask, kwargs.get("dropout", 0.0), kwargs.get("scaling"),
+                         kwargs.get("is_causal")), None
+
+
+def _grouped_sdpa(module, query, key, value, mask, dropout: float, scaling: float | None,
+                  is_causal: bool | None) -> torch.Tensor:
+    """SDPA over ``kv_heads`` keys and values shared by groups of query heads, without repeating them.
+
+    transformers repeats each key/value head ``heads / kv_heads`` times whenever a mask is given: a copy
+    per layer (and a reduction in the backward). ``query`` ``(B, heads, T, head_dim)`` -> ``(B, T, heads,
+    value_head_dim)``, as transformers' function returns it.
+    """
+    if is_causal is None:
+        is_causal = getattr(module, "is_causal", True)
+    output = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling,
+        is_causal=bool(is_causal and mask is None and query.shape[2] > 1), enable_gqa=key.shape[1] != query.shape[1])
+    return output.transpose(1, 2).contiguous()
 
 
 def _widen(mask: torch.Tensor, num_virtual: int) -> torch.Tensor:

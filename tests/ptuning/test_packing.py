@@ -160,3 +160,38 @@ def test_generation_is_unchanged_by_the_fast_paths():
     hook.dense = True
     dense = model.generate(**copy.deepcopy(batch), max_new_tokens=5, do_sample=False, pad_token_id=0)
     assert torch.equal(fast, dense)
+
+
+@pytest.mark.parametrize("case", ["prefix_mask", "causal_no_mask", "one_query"])
+def test_grouped_sdpa_equals_transformers_repeated_key_values(case, monkeypatch):
+    """On CPU the wrapper attends with 2 key/value heads shared by 6 query heads (``enable_gqa``), where
+    transformers' SDPA function repeats each key/value head 3 times: outputs and gradients agree."""
+    from types import SimpleNamespace
+
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from ptuning import injection
+
+    grouped_sdpa, calls = injection._grouped_sdpa, []
+    monkeypatch.setattr(injection, "_grouped_sdpa", lambda *args: calls.append(args) or grouped_sdpa(*args))
+    generator = torch.Generator().manual_seed(0)
+    queries, keys = {"prefix_mask": (7, 11), "causal_no_mask": (7, 7), "one_query": (1, 11)}[case]
+    module = SimpleNamespace(num_key_value_groups=3, is_causal=True)
+    query = torch.randn(2, 6, queries, 8, generator=generator, requires_grad=True)
+    key, value = (torch.randn(2, 2, keys, 8, generator=generator, requires_grad=True) for _ in range(2))
+    mask = None
+    if case != "causal_no_mask":  # a prefix of 4 keys visible to all, then causal; row 1 misses its first key
+        mask = torch.ones(2, 1, queries, keys, dtype=torch.bool).tril(keys - queries)
+        mask[1, ..., 4] = False
+    kwargs = {"dropout": 0.0, "scaling": 0.3, "position_ids": None}
+    sdpa = injection._backend_attention(module, "sdpa")
+    grouped, weights = injection._attention(module, sdpa, query, key, value, mask, kwargs)
+    assert len(calls) == 1  # on CPU the wrapper does not call transformers' function
+    reference, _ = sdpa_attention_forward(module, query, key, value, mask, **kwargs)
+    assert weights is None and grouped.shape == reference.shape == (2, queries, 6, 8)
+    torch.testing.assert_close(grouped, reference, rtol=0, atol=1e-6)
+    upstream = torch.randn(reference.shape, generator=generator)
+    ours = torch.autograd.grad(grouped, (query, key, value), upstream)
+    theirs = torch.autograd.grad(reference, (query, key, value), upstream)
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
