@@ -2,9 +2,10 @@
 or put evaluations side by side: ``python -m sft.metrics --compare base=DIR/metrics.json tuned=...``.
 
 FILE is JSON Lines (or a JSON array) with string fields ``prediction`` and ``reference`` and,
-optionally, ``prompt`` (attribute recall needs it), as ``sft.evaluate`` writes
+optionally, ``prompt`` (attribute recall needs it) and ``at_limit``, as ``sft.evaluate`` writes
 ``generated_predictions.jsonl``. Prints one JSON object (ROUGE-1/2/L, BLEU-4, attribute recall,
-distinct share, ``n``, ``empty``: :func:`sft.eval.scores.score_corpus`) and writes it to ``--output``.
+distinct share, ``n``, ``empty``: :func:`sft.eval.scores.score_corpus`; ``at_limit``: the rows marked
+``"at_limit": true``, answers ``max_new_tokens`` ended before an eos) and writes it to ``--output``.
 """
 
 from __future__ import annotations
@@ -55,15 +56,16 @@ def compare(items: list[str]) -> None:
     print(format_table(columns))
 
 
-def read_predictions(path: str) -> tuple[list[str], list[str], list[str] | None]:
-    """``(predictions, references, prompts)`` of every row (prompts ``None`` unless every row has one);
-    a row without both strings is a :class:`DataError`."""
+def read_predictions(path: str) -> tuple[list[str], list[str], list[str] | None, int]:
+    """``(predictions, references, prompts, at_limit)`` of every row (prompts ``None`` unless every row has
+    one; ``at_limit`` the rows marked so); a row without both strings is a :class:`DataError`."""
     rows = [row for _, row in read_objects(path, ("prediction", "reference"))]
     if not rows:
         raise DataError(path, None, "at least one row", "none")
     prompts = [row.get("prompt") for row in rows]
     prompts = prompts if all(isinstance(prompt, str) for prompt in prompts) else None
-    return [row["prediction"] for row in rows], [row["reference"] for row in rows], prompts
+    at_limit = sum(row.get("at_limit") is True for row in rows)
+    return [row["prediction"] for row in rows], [row["reference"] for row in rows], prompts, at_limit
 
 
 def run(args: MetricsArguments) -> None:
@@ -71,9 +73,9 @@ def run(args: MetricsArguments) -> None:
         return compare(args.compare)
     from sft.eval.scores import score_corpus  # jieba, nltk: loaded for work only
 
-    predictions, references, prompts = read_predictions(args.predictions)
+    predictions, references, prompts, at_limit = read_predictions(args.predictions)
     logger.info("scoring %d rows from %s", len(predictions), args.predictions)
-    text = json.dumps(score_corpus(predictions, references, prompts), ensure_ascii=False)
+    text = json.dumps({**score_corpus(predictions, references, prompts), "at_limit": at_limit}, ensure_ascii=False)
     print(text)
     if args.output is not None:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)

@@ -73,6 +73,11 @@ def parse_args(argv: list[str] | None = None) -> TrainArguments:
                          "no partitioning), found stage 3")
     if training_args.fsdp:
         check_fsdp(method, training_args)
+    if method.name == "ptuning" and training_args.ddp_find_unused_parameters is None:
+        # Every layer's prefix enters every forward (the hook checks it), so DDP has no unused parameter to
+        # look for. transformers' default (True) traverses the autograd graph after every forward and has
+        # torch warn that it found none, on every run (the time it takes is lost in the noise on 2 CPUs).
+        training_args.ddp_find_unused_parameters = False
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and training_args.world_size != launched:  # joins torchrun's process group
         raise ValueError(f"torchrun: expected its {launched} processes to train as one (DDP), found a world size of "

@@ -241,6 +241,7 @@ def _write_jsonl(path: Path, lines: list[str]) -> Path:
 
 def test_cli_prints_one_json_object(tmp_path: Path) -> None:
     rows = [{"prediction": p, "reference": r} for p, r in PAIRS] + [{"prediction": "", "reference": "你好"}]
+    rows[0]["at_limit"] = True  # as sft.evaluate marks an answer max_new_tokens ended before an eos
     lines = [json.dumps(row, ensure_ascii=False) for row in rows]
     predictions = _write_jsonl(tmp_path / "generated.jsonl", lines)
     output = tmp_path / "out" / "metrics.json"
@@ -250,8 +251,9 @@ def test_cli_prints_one_json_object(tmp_path: Path) -> None:
 
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
-    assert list(result) == ["rouge-1", "rouge-2", "rouge-l", "bleu-4", "attribute_recall", "distinct", "n", "empty"]
-    assert (result["n"], result["empty"]) == (len(rows), 1)
+    assert list(result) == ["rouge-1", "rouge-2", "rouge-l", "bleu-4", "attribute_recall", "distinct", "n", "empty",
+                            "at_limit"]
+    assert (result["n"], result["empty"], result["at_limit"]) == (len(rows), 1, 1)
     assert json.loads(output.read_text(encoding="utf-8")) == result
     for chatter in ("Building prefix dict", "Loading model cost", "Dumping model"):
         assert chatter not in proc.stdout + proc.stderr

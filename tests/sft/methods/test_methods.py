@@ -207,6 +207,15 @@ def test_learning_rate_and_output_dir_follow_the_method():
     assert (args.learning_rate, args.output_dir) == (1e-3, "x")
 
 
+def test_ptuning_spares_ddp_the_search_for_unused_parameters():
+    """Every layer's prefix enters every forward, so DDP need not look for parameters without a gradient
+    (tests/sft/distributed trains P-tuning in two processes with it: DDP fails on an unused parameter)."""
+    assert recipe.parse_args(["--finetuning_type", "ptuning"]).training.ddp_find_unused_parameters is False
+    assert recipe.parse_args(["--finetuning_type", "lora"]).training.ddp_find_unused_parameters is None
+    chosen = recipe.parse_args(["--finetuning_type", "ptuning", "--ddp_find_unused_parameters", "true"]).training
+    assert chosen.ddp_find_unused_parameters is True
+
+
 def test_bad_lora_settings_exit_with_one_line(tiny_model_dir, tmp_path, capsys):
     assert train_command.main(["--finetuning_type", "lora", "--lora_rank", "0", "--output_dir", str(tmp_path)]) == 2
     assert "--lora_rank: expected a positive integer, found 0" in capsys.readouterr().err
