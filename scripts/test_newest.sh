@@ -4,6 +4,8 @@
 # each run): everything is installed from the lock first, then those three are upgraded (with whatever
 # they need upgraded). LOCKED=1 runs the lock as it is. Where the newest release cannot be installed here
 # (a dependency the package index lacks), it says so, and NO_DEPS=1 installs it without its dependencies.
+# TORCH=2.14.1 also installs that torch release (a CUDA build from PyPI unless a CPU wheel is at hand; it
+# runs on the CPU all the same), past pyproject.toml's pin.
 # CI runs the lock (scripts/test.sh); this is how we find out early what the next release breaks.
 # Arguments go to pytest.
 set -euo pipefail
@@ -31,6 +33,9 @@ if [ -z "${LOCKED:-}" ]; then
       fi
     fi
   done
+fi
+if [ -n "${TORCH:-}" ]; then
+  quiet "${pip[@]}" install --quiet "torch==$TORCH" || { echo "note: torch $TORCH does not install here (above: pip's reason)"; exit 1; }
 fi
 "$venv/bin/python" - <<'EOF'
 from importlib.metadata import version
