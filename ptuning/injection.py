@@ -206,10 +206,13 @@ def _attention(module, attend, query, key, value, mask, kwargs: dict):
     """The backend's attention, or on CPU :func:`_grouped_sdpa` in place of transformers' SDPA function.
 
     PyTorch's CPU kernels take grouped keys and values (``enable_gqa``) with a mask; on CUDA a mask with
-    ``enable_gqa`` falls back to the math kernel, so there transformers' repeated keys run faster.
+    ``enable_gqa`` falls back to the math kernel, so there transformers' repeated keys run faster. A single
+    query (a decoding step) runs faster through transformers' function too, which folds the query heads
+    of a group into one head's queries instead (72 against 102 us for 8 rows, 6 heads, 300 keys).
     """
     extras = kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None
-    if attend is not _SDPA or query.device.type != "cpu" or extras or kwargs.get("output_attentions"):
+    if (attend is not _SDPA or query.device.type != "cpu" or query.shape[2] == 1 or extras
+            or kwargs.get("output_attentions")):
         return attend(module, query, key, value, mask, **kwargs)
     return _grouped_sdpa(module, query, key, value, mask, kwargs.get("dropout", 0.0), kwargs.get("scaling"),
                          kwargs.get("is_causal")), None
