@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 
 from sft.errors import UserError
 from sft.methods.base import Method
+from sft.methods.sparse_dropout import use_sparse_dropout
 
 logger = logging.getLogger(__name__)
 
@@ -255,6 +256,7 @@ class Lora(Method):
             raise UserError(f"--lora_target {settings['target']}: peft cannot adapt these targets ({err}); "
                             f"{_RENAMING_HINT}") from None
         _log_adapted(model.config.model_type, settings, _check_adapted(peft_model, expected, settings))
+        use_sparse_dropout(peft_model)  # the same dropout, drawn faster on CPU (sft.methods.sparse_dropout)
         return peft_model
 
     def save(self, model, directory, *, tokenizer, mask, template, state_dict):
@@ -269,4 +271,5 @@ class Lora(Method):
         expected = _expected_targets(model, settings["target_modules"], settings.get("target_parameters", []))
         peft_model = PeftModel.from_pretrained(model, str(directory))
         _check_adapted(peft_model, expected, settings)
+        use_sparse_dropout(peft_model)
         return peft_model

@@ -24,6 +24,7 @@ from sft.errors import CheckpointError
 from sft.eval.arguments import GenerationArguments
 from sft.eval.generation import generate_answers
 from sft.methods.lora import LORA_TARGETS
+from sft.methods.sparse_dropout import SparseDropout
 from sft.training import recipe
 from tests.conftest import REPO, run_in_process, run_subprocess
 
@@ -83,6 +84,11 @@ def test_lora_saves_a_peft_adapter_and_leaves_the_base_untouched(trained, tiny_m
     trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
     assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
     assert 0 < results["trainable_parameters"] < results["total_parameters"] / 10
+    # peft's input dropout of every adapted layer, drawn as the positions it drops (sft.methods.sparse_dropout)
+    dropouts = [m for n, m in trainer.model.named_modules() if n.rsplit(".", 2)[-2:-1] == ["lora_dropout"]]
+    adapted = {n for n, _ in trainer.model.named_modules() if n.endswith(".lora_A")}
+    assert len(dropouts) == len(adapted) > 0
+    assert all(type(m) is SparseDropout and m.p == info["lora"]["dropout"] > 0 for m in dropouts)
     before = GlmForCausalLM.from_pretrained(str(tiny_model_dir), use_kernels=False).state_dict()
     after = {k.replace(".base_layer", ""): v for k, v in trainer.model.get_base_model().state_dict().items()
              if ".lora_" not in k}
