@@ -31,6 +31,7 @@ from torch import nn
 MAX_SPARSE_P = 0.25  # above this the gap draws approach n and the plain Bernoulli mask is as cheap
 
 
+@torch.compiler.disable  # a loop on drawn values: torch.compile runs it as Python, without a word
 def dropped_positions(n: int, p: float, draws: int | None = None) -> torch.Tensor:
     """Sorted positions in ``range(n)``, each in the result independently with probability ``p``
     (``0 < p < 1``): the successes of ``n`` Bernoulli trials, drawn as geometric gaps, ``draws`` at a
