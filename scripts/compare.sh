@@ -10,7 +10,7 @@
 #   LEARNING_RATES (default lora=1e-3,full=5e-4, for the 5M-parameter embedded model; P-tuning keeps
 #   its 2e-2. LEARNING_RATES= (empty) uses sft.train's per-method defaults, meant for 6B-class models).
 # Any further flags go to bench/compare_methods.py, and those it does not know to every
-# sft.train run (e.g. --gradient_checkpointing).
+# sft.train run (e.g. --activation_checkpointing).
 set -euo pipefail
 if [ -n "${ADGEN_DIR:-}" ]; then
   if [ ! -f "$ADGEN_DIR/train5k.json" ] || [ ! -f "$ADGEN_DIR/dev500.json" ]; then

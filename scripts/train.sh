@@ -14,7 +14,7 @@
 #   NODE_RANK   0..NNODES-1, this machine's number, and MASTER_ADDR:MASTER_PORT (default port 29500),
 #   MASTER_ADDR an address of machine 0 that every machine reaches (torchrun's --rdzv-endpoint).
 # Any further flags are passed to sft.train (python -m sft.train --help lists them), e.g.
-# --gradient_checkpointing, --fsdp full_shard (full or lora, GPUs), or --deepspeed configs/deepspeed/zero3.json.
+# --activation_checkpointing, --fsdp full_shard (full or lora, GPUs), or --deepspeed configs/deepspeed/zero3.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/python.sh

@@ -12,7 +12,7 @@ from sft.cli import run_command, setup_logging
 
 EPILOG = ("Every flag of transformers' TrainingArguments is accepted too (--num_train_epochs, --max_steps, "
           "--per_device_train_batch_size, --gradient_accumulation_steps, --learning_rate, --output_dir, --bf16, "
-          "--gradient_checkpointing, --deepspeed, --resume_from_checkpoint, ...): python -m sft.train --help_all")
+          "--activation_checkpointing, --deepspeed, --resume_from_checkpoint, ...): python -m sft.train --help_all")
 
 
 def print_help(everything: bool) -> None:

@@ -361,7 +361,7 @@ def _prefix_gradients(checkpointing: bool, projection: bool) -> tuple[list[torch
     model.requires_grad_(False)
     attach_prefix(model, encoder, "prefix_lm")
     if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     calls = []
     model.model.layers[0].self_attn.register_forward_hook(lambda *_: calls.append(1))

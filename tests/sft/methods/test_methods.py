@@ -233,7 +233,7 @@ def test_bad_lora_settings_exit_with_one_line(tiny_model_dir, tmp_path, capsys):
 
 
 def test_gradient_checkpointing_gives_the_same_full_fine_tuning(tiny_model_dir, tmp_path):
-    for name, extra in (("plain", ()), ("checkpointed", ("--gradient_checkpointing",))):
+    for name, extra in (("plain", ()), ("checkpointed", ("--activation_checkpointing",))):
         argv = train_args(tiny_model_dir, tmp_path / name, "full", "--max_steps", "2", *extra)
         recipe.run(recipe.parse_args(argv))
     assert train_losses(tmp_path / "checkpointed") == pytest.approx(train_losses(tmp_path / "plain"), abs=1e-5)

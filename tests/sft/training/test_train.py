@@ -178,7 +178,7 @@ def test_tokens_per_second_of_a_resumed_run_count_only_its_own_steps(trained, re
 
 def test_gradient_checkpointing_trains_the_prefix(tiny_model_dir, tmp_path):
     plain, _ = run_training(train_args(tiny_model_dir, tmp_path / "a", "--max_steps", "2"))
-    ckpt, _ = run_training(train_args(tiny_model_dir, tmp_path / "b", "--max_steps", "2", "--gradient_checkpointing"))
+    ckpt, _ = run_training(train_args(tiny_model_dir, tmp_path / "b", "--max_steps", "2", "--activation_checkpointing"))
     assert train_losses(tmp_path / "a") == pytest.approx(train_losses(tmp_path / "b"), abs=1e-5)
     assert torch.allclose(
         plain.model.prefix_encoder.embedding.weight, ckpt.model.prefix_encoder.embedding.weight, atol=1e-5
