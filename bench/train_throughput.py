@@ -2,29 +2,33 @@
 fixed padding (a benchmark, not a test).
 
     python bench/train_throughput.py [--data /work/shared/adgen] [--rows 800] [--steps 24] [--batch_size 8]
-        [--repeats 3] [--arms ptuning,peft_prefix,chatglm2_fixed,lora,peft_lora,full,trainer_full]
+        [--repeats 3] [--arms ptuning,ptuning_fp32,peft_prefix,...]
 
 The same model, rows, order, batch size and number of steps for every arm: a random ~20M-parameter
 ``GlmConfig`` (hidden 384, 8 layers, 6 heads, 2 kv heads) with the embedded tokenizer, saved once;
 the first ``--rows`` rows of ``train5k.json`` (``train.json`` when absent) under ``--data``, encoded
-by :func:`sft.data.build_dataset` with ``--max_source_length 64 --max_target_length 128``; fp32 on
-CPU; seed 42 (the Trainer's sampler draws the same rows for every arm); causal mask.
+by :func:`sft.data.build_dataset` with ``--max_source_length 64 --max_target_length 128``; on CPU;
+seed 42 (the Trainer's sampler draws the same rows for every arm); causal mask.
 
 Arms (each is P-tuning with ``pre_seq_len`` 32, LoRA r 8 on every linear layer, or full):
 
-* ``ptuning``, ``lora``, ``full``: ``sft.train``'s recipe with its default flags (packed batches);
+* ``ptuning``, ``lora``, ``full``: ``sft.train``'s recipe with its default flags (packed batches;
+  ``--dtype auto``: a bf16 base for P-tuning and LoRA on a CPU with AMX, else fp32);
+* ``ptuning_fp32``, ``lora_fp32``: the same with ``--dtype float32`` (what ``auto`` is on other CPUs);
 * ``peft_prefix``: peft ``PrefixTuningConfig`` + transformers' Trainer, dynamic padding
-  (``DataCollatorForSeq2Seq``);
+  (``DataCollatorForSeq2Seq``), fp32 (``from_pretrained``'s default);
 * ``chatglm2_fixed``: the same peft prefix (in the KV cache, as ChatGLM2's own P-tuning), every row
   padded to ``max_source_length + max_target_length + 1`` as ChatGLM2's ``ptuning/main.py`` does;
 * ``peft_lora``: peft ``LoraConfig`` (the same targets, rank, alpha, dropout) + Trainer, dynamic padding;
-* ``trainer_full``: the plain model + Trainer, dynamic padding.
+* ``peft_prefix_bf16``, ``peft_lora_bf16``: those two with the base loaded in bf16 (``dtype=torch.bfloat16``);
+* ``trainer_full``: the plain model + Trainer, dynamic padding, fp32.
 
 Each run is its own subprocess (the arms alternate, ``--repeats`` rounds), so imports, warm-up and
-memory start alike. Positions: the tokens each arm's batches make the model compute, padding included
-(ours: the real tokens). Tokens/s: real tokens (prompt and answer, no padding: the Trainer's
-``num_input_tokens_seen`` with ``non_padding``) over the seconds from the start of training to the
-end of the last step, timed by a Trainer callback (saving afterwards is not counted). Peak memory:
+memory start alike. Positions: the tokens that the batches trained on make the model compute, padding
+included (ours: the real tokens, plus the filler that ends a bf16 packed sequence at a multiple of 64).
+Tokens/s: real tokens (prompt and answer, no padding: the Trainer's ``num_input_tokens_seen`` with
+``non_padding``) over the seconds from the start of training to the end of the last step, timed by a
+Trainer callback (saving afterwards is not counted). Peak memory:
 the subprocess's peak RSS (``ru_maxrss``: model, optimizer, activations and the Python runtime).
 Prints the medians and each of ours over its comparison arms.
 """
@@ -41,13 +45,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-ARMS = ("ptuning", "peft_prefix", "chatglm2_fixed", "lora", "peft_lora", "full", "trainer_full")
-VERSUS = {"ptuning": ("peft_prefix", "chatglm2_fixed"), "lora": ("peft_lora",), "full": ("trainer_full",)}
+ARMS = ("ptuning", "ptuning_fp32", "peft_prefix", "peft_prefix_bf16", "chatglm2_fixed", "lora", "lora_fp32",
+        "peft_lora", "peft_lora_bf16", "full", "trainer_full")
+VERSUS = {"ptuning": ("peft_prefix", "chatglm2_fixed", "peft_prefix_bf16"),
+          "ptuning_fp32": ("peft_prefix", "chatglm2_fixed"), "lora": ("peft_lora", "peft_lora_bf16"),
+          "lora_fp32": ("peft_lora",), "full": ("trainer_full",)}
 LEARNING_RATES = {"ptuning": 2e-2, "lora": 3e-4, "full": 1e-4}
-METHOD_OF = {"peft_prefix": "ptuning", "chatglm2_fixed": "ptuning", "peft_lora": "lora", "trainer_full": "full"}
+METHOD_OF = {"peft_prefix": "ptuning", "peft_prefix_bf16": "ptuning", "chatglm2_fixed": "ptuning", "peft_lora": "lora",
+             "peft_lora_bf16": "lora", "trainer_full": "full", "ptuning_fp32": "ptuning", "lora_fp32": "lora"}
 MAX_SOURCE, MAX_TARGET, PRE_SEQ_LEN, SEED = 64, 128, 32, 42
 
 
@@ -100,15 +109,26 @@ def shared_flags(args, out: Path) -> dict:
 
 
 def run_ours(arm: str, args, model_dir: Path, out: Path, timer) -> int:
+    from sft.data import encoding
     from sft.training import recipe
 
+    method = METHOD_OF.get(arm, arm)
     argv = ["--model_name_or_path", str(model_dir), "--train_file", str(train_file(Path(args.data))),
             "--max_train_samples", str(args.rows), "--max_source_length", str(MAX_SOURCE),
-            "--max_target_length", str(MAX_TARGET), "--finetuning_type", arm, "--mask", "causal",
+            "--max_target_length", str(MAX_TARGET), "--finetuning_type", method, "--mask", "causal",
             "--pre_seq_len", str(PRE_SEQ_LEN), "--output_dir", str(out), "--per_device_train_batch_size",
             str(args.batch_size), "--max_steps", str(args.steps), "--seed", str(SEED), "--use_cpu",
-            "--logging_steps", str(args.steps), "--report_to", "none"]
+            "--logging_steps", str(args.steps), "--report_to", "none",
+            *(["--dtype", "float32"] if arm.endswith("_fp32") else [])]
+    pack, counter = encoding.PackingCollator.__call__, CountingCollator(None)
+
+    def counted(self, rows):  # the positions of every packed batch, filler rows included
+        counter.collator = partial(pack, self)
+        return counter(rows)
+
+    encoding.PackingCollator.__call__ = counted  # this child process only
     trainer, _ = recipe.run(recipe.parse_args(argv), callbacks=[timer])
+    timer.positions = counter.positions(args.steps)
     return trainer.state.num_input_tokens_seen
 
 
@@ -124,12 +144,13 @@ def run_baseline(arm: str, args, model_dir: Path, out: Path, timer) -> int:
     data_args = DataArguments(train_file=str(train_file(Path(args.data))), max_train_samples=args.rows,
                               max_source_length=MAX_SOURCE, max_target_length=MAX_TARGET, template="chatglm3")
     dataset = build_dataset(data_args.train_file, tokenizer, data_args)
-    model = GlmForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, attn_implementation="sdpa",
+    dtype = torch.bfloat16 if arm.endswith("_bf16") else torch.float32
+    model = GlmForCausalLM.from_pretrained(str(model_dir), dtype=dtype, attn_implementation="sdpa",
                                             use_kernels=False)  # every arm the same layers (sft.models)
     torch.manual_seed(SEED)
-    if arm in ("peft_prefix", "chatglm2_fixed"):
+    if arm in ("peft_prefix", "peft_prefix_bf16", "chatglm2_fixed"):
         model = get_peft_model(model, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=PRE_SEQ_LEN))
-    elif arm == "peft_lora":
+    elif arm in ("peft_lora", "peft_lora_bf16"):
         modules, _ = lora_targets(model, "all")
         model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16, lora_dropout=0.05,
                                                  target_modules=modules))
@@ -142,20 +163,24 @@ def run_baseline(arm: str, args, model_dir: Path, out: Path, timer) -> int:
     trainer = Trainer(model=model, args=training, train_dataset=dataset, data_collator=CountingCollator(collator),
                       callbacks=[timer])
     trainer.train()
-    timer.positions = trainer.data_collator.positions
+    timer.positions = trainer.data_collator.positions(args.steps)
     return trainer.state.num_input_tokens_seen
 
 
 class CountingCollator:
-    """A collator that counts the positions its batches make the model compute (padding included)."""
+    """A collator that records the positions each batch makes the model compute (padding included)."""
 
     def __init__(self, collator):
-        self.collator, self.positions = collator, 0
+        self.collator, self.sizes = collator, []
 
     def __call__(self, rows):
         batch = self.collator(rows)
-        self.positions += batch["input_ids"].numel()
+        self.sizes.append(batch["input_ids"].numel())
         return batch
+
+    def positions(self, steps: int) -> int:
+        """Those of the batches trained on: the data loader collates one more batch ahead than it uses."""
+        return sum(self.sizes[:steps])
 
 
 def child(args) -> None:
@@ -165,11 +190,11 @@ def child(args) -> None:
     logging.disable(logging.WARNING)
     timer = step_timer()
     with tempfile.TemporaryDirectory() as out:
-        runner = run_ours if args.arm in VERSUS else run_baseline
+        runner = run_ours if args.arm in VERSUS else run_baseline  # ours: the arms compared with others
         tokens = runner(args.arm, args, Path(args.model_dir), Path(out), timer)
     seconds = timer.end - timer.start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
-    positions = getattr(timer, "positions", tokens)  # ours: packed, every position is a real token
+    positions = timer.positions
     print(json.dumps({"arm": args.arm, "tokens": tokens, "positions": positions, "seconds": seconds,
                       "peak_rss_mb": peak_mb}))
 

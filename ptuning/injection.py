@@ -31,10 +31,13 @@ the prefix, and the attention each layer runs, once for all layers, in the cheap
   SDPA call per row over that row's slice of queries, keys and values plus the prefix, with
   ``is_causal`` or the row's own ``(1, 1, t, P + t)`` mask. No row can see another, and attention
   costs ``sum(t_i^2)``, where the equivalent dense block-diagonal mask (:func:`ptuning.masks.build_packed_mask`,
-  the ``dense`` reference path) would compute all ``N^2`` scores.
+  the ``dense`` reference path) would compute all ``N^2`` scores. The sequence may end in a filler
+  row (attention mask 0, a segment of its own: ``PackingCollator(pad_to_multiple_of=...)``), which
+  attends to itself like any row and which nothing reads.
 * on CPU, SDPA takes grouped keys and values as they are (``enable_gqa``): transformers' SDPA function
   repeats each key/value head for its group of query heads whenever there is a mask, a copy per row
-  and layer (:func:`_grouped_sdpa`).
+  and layer (:func:`_grouped_sdpa`). Training in bf16 (or fp16) attends in fp32 there: PyTorch's CPU
+  flash-attention backward is slower in bf16 than in fp32.
 * a serving batch (``row_prefixes=``:class:`RowPrefixes`, from :mod:`sft.serving`): each row of a
   left-padded batch brings its own precomputed prefix keys/values (different checkpoints, different
   lengths, or none: padded to the longest) and its own mask type; one ``(B, 1, T, P + K)`` mask hides
@@ -228,10 +231,15 @@ def _grouped_sdpa(module, query, key, value, mask, dropout: float, scaling: floa
     """
     if is_causal is None:
         is_causal = getattr(module, "is_causal", True)
+    dtype = query.dtype
+    if dtype != torch.float32 and torch.is_grad_enabled() and (query.requires_grad or key.requires_grad):
+        # PyTorch 2.13's CPU flash-attention backward is slower in bf16 than in fp32 (the bench's P-tuning
+        # step in bf16: 654 against 215 ms over 6 steps), its forward faster: training attends in fp32.
+        query, key, value = query.float(), key.float(), value.float()
     output = torch.nn.functional.scaled_dot_product_attention(
         query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling,
         is_causal=bool(is_causal and mask is None and query.shape[2] > 1), enable_gqa=key.shape[1] != query.shape[1])
-    return output.transpose(1, 2).contiguous()
+    return output.transpose(1, 2).contiguous().to(dtype)
 
 
 def _widen(mask: torch.Tensor, num_virtual: int) -> torch.Tensor:
@@ -508,8 +516,10 @@ def _plan_packed(hook: PrefixHook, kwargs: dict, inputs: LayerInputs, segment_id
     if segment_ids.dim() != 2 or segment_ids.shape[0] != 1 or segment_ids.shape != padding.shape:
         problems.append(f"{SEGMENTS_KWARG} of shape (1, N) like the tokens, found {tuple(segment_ids.shape)}"
                         f" for tokens {tuple(padding.shape)}")
-    if past or not bool(padding.all()):
-        problems.append("no KV cache and no padding")
+    if past:
+        problems.append("no KV cache")
+    elif not problems and not _filler_at_end(segment_ids[0], padding[0]):
+        problems.append("padding only as a row of its own at the end (PackingCollator's filler)")
     position_ids = kwargs.get("position_ids")
     if position_ids is None:
         problems.append("position_ids counting from 0 in each row")
@@ -540,6 +550,15 @@ def _plan_packed(hook: PrefixHook, kwargs: dict, inputs: LayerInputs, segment_id
     else:
         inputs.rows = list(zip(starts, ends, _row_masks(hook, lengths, prompts, padding.device)))
     kwargs["attention_mask"] = _placeholder_mask(1, len(segments), len(segments), padding.device)
+
+
+def _filler_at_end(segments: torch.Tensor, padding: torch.Tensor) -> bool:
+    """Whether a packed sequence's padding (``padding`` 0), if any, is one whole segment at the end."""
+    real = int(padding.sum())
+    if real == len(padding):
+        return True
+    return (real > 0 and bool(padding[:real].all()) and bool((segments[real:] == segments[real]).all())
+            and bool(segments[real] != segments[real - 1]))
 
 
 def _row_masks(hook: PrefixHook, lengths: list[int], prompts, device) -> list[torch.Tensor | None]:

@@ -53,6 +53,16 @@ def portable_name(path: Path) -> str:
     return EMBEDDED if path.resolve() == DEFAULT_MODEL_DIR.resolve() else str(path.resolve())
 
 
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU computes bf16 matrix products natively: AMX tiles (Intel Sapphire Rapids and later),
+    where oneDNN's bf16 ``mm`` runs 7x faster than fp32's (1200 x 512 x 1536 on 2 cores: 0.72 against
+    5.4 ms). Other CPUs emulate bf16, slower than fp32."""
+    import torch
+
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # torch >= 2.3; private, so looked up with care
+    return bool(amx and amx() and torch.backends.mkldnn.is_available())
+
+
 def resolve_dtype(name: str) -> torch.dtype:
     """``auto`` is bf16 on a GPU that supports it and fp32 otherwise."""
     import torch

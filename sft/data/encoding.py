@@ -269,13 +269,21 @@ class DataCollator:
 
 
 @dataclass
+@dataclass
 class PackingCollator:
     """Concatenate a batch's encoded rows into one sequence, without padding.
 
     Returns ``input_ids``, ``labels``, ``position_ids`` (from 0 in each row), ``segment_ids`` (the
-    row of each token) and ``attention_mask`` (all ones, so the Trainer counts real tokens), each
-    ``(1, N)`` with ``N`` the rows' total length. :func:`ptuning.injection.attach_prefix`'s hook
-    confines attention to each row from ``segment_ids``; the model pops nothing else.
+    row of each token) and ``attention_mask`` (1 on the rows' tokens, so the Trainer counts real
+    tokens), each ``(1, N)`` with ``N`` the rows' total length. :func:`ptuning.injection.attach_prefix`'s
+    hook confines attention to each row from ``segment_ids``; the model pops nothing else.
+
+    With ``pad_to_multiple_of``, a filler row of ``pad_token_id`` (attention mask 0, no labels, a
+    segment of its own) ends the sequence at the next multiple. Sequence lengths then repeat from
+    batch to batch, which matters to oneDNN's bf16 matrix products on CPU: it builds a kernel for
+    each new shape (some 3 ms) and caches it (about 1 MB each, up to 1024), so packed lengths that
+    never repeat made a bf16 P-tuning run grow by 11 MB a step (2.5 GB of RSS after 160 steps of the
+    training bench) and spend an eighth of its time building kernels.
 
     The causal LM loss shifts labels over the whole sequence, so the first label of each row would
     be predicted from the previous row's last token: it is ``IGNORE_INDEX`` here. In a padded batch
@@ -284,17 +292,23 @@ class PackingCollator:
     the same items (``labels[..., 1:] != -100``).
     """
 
+    pad_to_multiple_of: int | None = None
+    pad_token_id: int = 0
+
     def __call__(self, rows: Sequence[Mapping[str, Sequence[int]]]) -> dict[str, torch.Tensor]:
-        ids = [token for row in rows for token in row["input_ids"]]
         lengths = [len(row["input_ids"]) for row in rows]
+        fill = -sum(lengths) % self.pad_to_multiple_of if self.pad_to_multiple_of else 0
+        ids = [token for row in rows for token in row["input_ids"]] + [self.pad_token_id] * fill
+        spans = lengths + [fill] * bool(fill)
         batch = {
             "input_ids": torch.tensor([ids], dtype=torch.long),  # (1, N)
-            "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
-            "position_ids": torch.cat([torch.arange(length) for length in lengths])[None],
-            "segment_ids": torch.repeat_interleave(torch.arange(len(rows)), torch.tensor(lengths))[None],
+            "attention_mask": torch.tensor([[1] * sum(lengths) + [0] * fill], dtype=torch.long),
+            "position_ids": torch.cat([torch.arange(length) for length in spans])[None],
+            "segment_ids": torch.repeat_interleave(torch.arange(len(spans)), torch.tensor(spans))[None],
         }
         if "labels" in rows[0]:
             labels = [[IGNORE_INDEX, *row["labels"][1:]] if row["labels"] else [] for row in rows]
+            labels.append([IGNORE_INDEX] * fill)
             batch["labels"] = torch.tensor([[label for row in labels for label in row]], dtype=torch.long)
         return batch
 
@@ -304,6 +318,8 @@ def unpack(batch: Mapping[str, torch.Tensor], pad_token_id: int) -> dict[str, to
     model runs without the packing hook; other batches are returned as they are."""
     if "segment_ids" not in batch:
         return dict(batch)
+    real = int(batch["attention_mask"][0].sum()) if "attention_mask" in batch else batch["segment_ids"].shape[1]
+    batch = {key: value[:, :real] for key, value in batch.items()}  # without the filler row
     segments = batch["segment_ids"][0]
     lengths = torch.unique_consecutive(segments, return_counts=True)[1].tolist()
     rows = [{key: part.tolist() for key, part in zip(("input_ids", "labels"), parts)}

@@ -23,8 +23,9 @@ class ModelArguments:
     )
     dtype: str = field(
         default="auto",
-        metadata={"help": "Base weights dtype: auto|float32|bfloat16|float16. auto is bf16 on GPU and fp32 on CPU, "
-                          "except for --finetuning_type full, which keeps fp32 weights (--bf16: mixed precision)."},
+        metadata={"help": "Base weights dtype: auto|float32|bfloat16|float16. auto is bf16 on a GPU, and on a CPU with "
+                          "AMX (bf16 matrix units) for ptuning and lora; fp32 elsewhere and for --finetuning_type "
+                          "full, which keeps fp32 weights (--bf16: mixed precision)."},
     )
     attn_implementation: str = field(default="sdpa", metadata={"help": "Attention backend: sdpa|eager"})
     mask: str = field(

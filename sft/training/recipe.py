@@ -28,7 +28,8 @@ from sft.data import DataArguments, DataCollator, EncodedDataset, build_dataset
 from sft.data.encoding import PackingCollator
 from sft.eval.arguments import GenerationArguments
 from sft.methods import METHODS, Method, get_method
-from sft.models import base_defaults, fingerprint, load_base_model, load_tokenizer, resolve_dtype, resolve_model_path
+from sft.models import (base_defaults, cpu_computes_bf16, fingerprint, load_base_model, load_tokenizer, resolve_dtype,
+                        resolve_model_path)
 from sft.training.arguments import MethodArguments, ModelArguments
 from sft.training.report import batch_layout, count_parameters, write_training_report
 from sft.training.trainer import GenerationEval, SaveAtEndCallback, SFTTrainer, SFTTrainingArguments
@@ -99,11 +100,16 @@ def check_fsdp(method: Method, training_args: SFTTrainingArguments) -> None:
                          f"process(es) on {device}; drop --fsdp (on CPU, several processes train as DDP)")
 
 
-def weights_dtype(model_args: ModelArguments, method: Method) -> torch.dtype:
-    """``--dtype auto`` keeps fp32 weights for full fine-tuning: AdamW steps smaller than bf16 can
-    represent would be lost (``--bf16`` gives mixed precision on top)."""
-    if method.name == "full" and model_args.dtype == "auto":
-        return torch.float32
+def weights_dtype(model_args: ModelArguments, method: Method, training_args: SFTTrainingArguments) -> torch.dtype:
+    """``--dtype auto``: bf16 on a GPU that supports it, and for a frozen base (P-tuning, LoRA) on a CPU that
+    computes bf16 natively (:func:`sft.models.cpu_computes_bf16`: the bench's P-tuning step 1.5x faster than
+    in fp32), else fp32. Full fine-tuning keeps fp32 weights: AdamW steps smaller than bf16 can represent would
+    be lost (``--bf16`` gives mixed precision on top)."""
+    if model_args.dtype == "auto":
+        if method.name == "full":
+            return torch.float32
+        if training_args.device.type == "cpu" and cpu_computes_bf16():
+            return torch.bfloat16
     return resolve_dtype(model_args.dtype)
 
 
@@ -172,7 +178,21 @@ def prepare(model: PreTrainedModel, args: TrainArguments, mask: str,
     return method.prepare_to_train(model, settings, mask, flags, train_rows), settings
 
 
-def packing_collator(training_args: SFTTrainingArguments, model: PreTrainedModel) -> PackingCollator | None:
+SHAPE_MULTIPLE = 64  # packed bf16 batches on CPU end at a multiple of this many tokens (PackingCollator)
+
+
+def shape_multiple(training_args: SFTTrainingArguments, model: PreTrainedModel) -> int | None:
+    """What packed sequences are filled up to a multiple of: :data:`SHAPE_MULTIPLE` for bf16 or fp16 weights on
+    CPU, whose matrix products oneDNN runs, building a kernel for each new shape (see
+    :class:`~sft.data.encoding.PackingCollator`; on average 32 filler tokens a batch, which attend only to
+    themselves); else ``None`` (MKL's fp32 and the GPU's kernels take any shape)."""
+    if training_args.device.type == "cpu" and model.dtype in (torch.bfloat16, torch.float16):
+        return SHAPE_MULTIPLE
+    return None
+
+
+def packing_collator(training_args: SFTTrainingArguments, model: PreTrainedModel,
+                     pad_token_id: int | None) -> PackingCollator | None:
     """The collator of packed training batches, or ``None`` where batches are padded (``--packing false``, or
     DeepSeek sparse attention, whose indexer would pick keys across the rows of a packed sequence)."""
     if not training_args.packing:
@@ -181,8 +201,10 @@ def packing_collator(training_args: SFTTrainingArguments, model: PreTrainedModel
         logger.info("packing: off for %s (sparse attention selects keys across rows); batches are padded",
                     model.config.model_type)
         return None
-    logger.info("packing: each training batch's rows concatenated into one sequence, no padding (--packing false: off)")
-    return PackingCollator()
+    multiple = shape_multiple(training_args, model)
+    logger.info("packing: each training batch's rows concatenated into one sequence, no padding%s "
+                "(--packing false: off)", f" (filled to a multiple of {multiple} tokens)" if multiple else "")
+    return PackingCollator(pad_to_multiple_of=multiple, pad_token_id=pad_token_id or 0)
 
 
 def run(args: TrainArguments, callbacks: Sequence[TrainerCallback] = ()) -> tuple[SFTTrainer, dict]:
@@ -197,12 +219,12 @@ def run(args: TrainArguments, callbacks: Sequence[TrainerCallback] = ()) -> tupl
     args.data.template = template
     tokenizer = load_tokenizer(base)
     train_dataset, eval_dataset = load_datasets(args.data, tokenizer)
-    dtype = weights_dtype(args.model, method)
+    dtype = weights_dtype(args.model, method, args.training)
     model = load_base_model(base, dtype, args.model.attn_implementation)
     base_fp = fingerprint(model)
     collator = DataCollator(pad_token_id=tokenizer.pad_token_id, padding_side="right",
                             pad_to_multiple_of=args.data.pad_to_multiple_of)
-    train_collator = packing_collator(args.training, model)
+    train_collator = packing_collator(args.training, model, tokenizer.pad_token_id)
     results = {}
     if args.method.eval_base_loss and eval_dataset is not None:
         results["base_dev_loss"] = evaluate_base_loss(model, args.training, collator, eval_dataset, mask)

@@ -159,7 +159,8 @@ class SFTTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         forward = inputs
         if not return_outputs and "labels" in inputs and self.label_smoother is None and self.compute_loss_func is None:
-            forward = supervised_logits_only(inputs)  # training: nobody reads the logits, only the loss
+            # training: nobody reads the logits, only the loss
+            forward = supervised_logits_only(inputs, getattr(self.train_data_collator, "pad_to_multiple_of", None))
         result = super().compute_loss(model, forward, return_outputs=return_outputs,
                                       num_items_in_batch=num_items_in_batch)
         loss = result[0] if return_outputs else result
@@ -236,14 +237,23 @@ class SFTTrainer(Trainer):
         return metrics
 
 
-def supervised_logits_only(inputs: dict) -> dict:
+def supervised_logits_only(inputs: dict, pad_to_multiple_of: int | None = None) -> dict:
     """``inputs`` whose forward computes logits only where they meet a label: ``logits_to_keep`` the
     positions ``p`` whose next label ``labels[:, p + 1]`` is supervised in some row, and ``shift_labels``
     those labels (transformers' causal LM loss then shifts nothing). The loss sums the same
-    (logit, label) pairs; the output layer and the softmax skip prompt and padding positions."""
+    (logit, label) pairs; the output layer and the softmax skip prompt and padding positions.
+
+    With ``pad_to_multiple_of`` (a :class:`~sft.data.encoding.PackingCollator`'s), the kept positions are
+    as many as the next multiple, the extra ones repeating the last position with ignored labels: the
+    output layer's product then has a shape that repeats from batch to batch too."""
     following = inputs["labels"][:, 1:]  # (B, T - 1): what position p predicts
     keep = (following != IGNORE_INDEX).any(0).nonzero().flatten()  # (K,)
-    return {**inputs, "logits_to_keep": keep, "shift_labels": following[:, keep]}  # shift_labels (B, K)
+    labels = following[:, keep]  # (B, K)
+    fill = -len(keep) % pad_to_multiple_of if pad_to_multiple_of and len(keep) else 0
+    if fill:
+        keep = torch.cat([keep, keep[-1:].expand(fill)])
+        labels = torch.cat([labels, labels.new_full((labels.shape[0], fill), IGNORE_INDEX)], dim=1)
+    return {**inputs, "logits_to_keep": keep, "shift_labels": labels}
 
 
 @dataclass

@@ -57,8 +57,9 @@ def forward(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict[str, t
 def row_logits(logits: torch.Tensor, batch: dict) -> list[torch.Tensor]:
     """Each row's ``(t, V)`` logits, from a padded ``(B, T, V)`` or a packed ``(1, N, V)`` batch."""
     if "segment_ids" in batch:
-        lengths = torch.unique_consecutive(batch["segment_ids"][0], return_counts=True)[1].tolist()
-        return list(logits[0].split(lengths))
+        real = int(batch["attention_mask"].sum())  # without a filler row
+        lengths = torch.unique_consecutive(batch["segment_ids"][0, :real], return_counts=True)[1].tolist()
+        return list(logits[0, :real].split(lengths))
     return [logits[b, : int(n)] for b, n in enumerate(batch["attention_mask"].sum(1))]
 
 
@@ -82,11 +83,37 @@ def test_collator_concatenates_rows_with_positions_from_zero():
     assert padded["labels"].tolist() == [[-100, 6, 7], [-100, 9, -100]]
 
 
+def test_collator_fills_to_a_multiple_with_a_row_of_its_own():
+    plain, filled = PackingCollator()(rows()), PackingCollator(pad_to_multiple_of=16, pad_token_id=1)(rows())
+    assert plain["input_ids"].shape == (1, 31) and filled["input_ids"].shape == (1, 32)
+    assert filled["input_ids"][0, -1] == 1 and filled["labels"][0, -1] == IGNORE_INDEX
+    assert filled["attention_mask"][0].tolist() == [1] * 31 + [0]  # the Trainer counts 31 real tokens
+    assert filled["segment_ids"][0, -1] == 4 and filled["position_ids"][0, -1] == 0  # a fifth row, from 0
+    for key, value in plain.items():
+        assert torch.equal(filled[key][:, :31], value), key
+    assert PackingCollator(pad_to_multiple_of=31)(rows())["input_ids"].shape == (1, 31)  # no empty filler row
+    for key, value in unpack(plain, pad_token_id=0).items():
+        assert torch.equal(unpack(filled, pad_token_id=0)[key], value), key
+
+
+def test_packed_batch_with_padding_inside_is_refused():
+    model, _ = attached("sdpa", "causal", True)
+    batch = PackingCollator(pad_to_multiple_of=16)(rows())
+    batch["attention_mask"][0, 3] = 0  # a token of the first row
+    with pytest.raises(ValueError, match="padding only as a row of its own at the end"):
+        model(**batch)
+    batch = PackingCollator(pad_to_multiple_of=16)(rows())
+    batch["segment_ids"][0, -1] = 3  # the filler joined to the last row
+    with pytest.raises(ValueError, match="padding only as a row of its own at the end"):
+        model(**batch)
+
+
+@pytest.mark.parametrize("fill", [None, 16], ids=["exact", "filled"])
 @pytest.mark.parametrize("mask, with_, backend", CASES)
-def test_packed_batch_equals_padded_batch(mask, with_, backend):
+def test_packed_batch_equals_padded_batch(mask, with_, backend, fill):
     model, _ = attached(backend, mask, with_ == "prefix")
     model.train()  # no dropout configured: train mode changes nothing but what the Trainer would set
-    padded, packed = DataCollator(pad_token_id=0)(rows()), PackingCollator()(rows())
+    padded, packed = DataCollator(pad_token_id=0)(rows()), PackingCollator(pad_to_multiple_of=fill)(rows())
     loss_padded, logits_padded, grads_padded = forward(model, padded)
     loss_packed, logits_packed, grads_packed = forward(model, packed)
     torch.testing.assert_close(loss_packed, loss_padded, rtol=0, atol=TOL)
@@ -94,7 +121,7 @@ def test_packed_batch_equals_padded_batch(mask, with_, backend):
         torch.testing.assert_close(a, b, rtol=0, atol=TOL)
     assert_grads_close(grads_packed, grads_padded)
     # Guard: the same tokens as one row (no segments) let rows see each other, and the loss differs.
-    joined = {k: v for k, v in packed.items() if k not in ("segment_ids", "position_ids")}
+    joined = {k: v for k, v in PackingCollator()(rows()).items() if k not in ("segment_ids", "position_ids")}
     assert (model(**joined).loss - loss_padded).abs() > 1e-3
 
 

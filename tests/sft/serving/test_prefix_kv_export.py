@@ -59,7 +59,7 @@ def test_plain_transformers_with_the_prefix_in_its_cache_gives_the_checkpoints_l
     from sft.eval.arguments import LoadArguments
     from sft.eval.loading import load_model
 
-    model, tokenizer, _ = load_model(LoadArguments(checkpoint=str(causal_checkpoint)))
+    model, tokenizer, _ = load_model(LoadArguments(checkpoint=str(causal_checkpoint), dtype="float32"))
     ids = torch.tensor([tokenizer.encode(PROMPT)])
     with torch.no_grad():
         expected = model(input_ids=ids).logits

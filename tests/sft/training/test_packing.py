@@ -13,6 +13,8 @@ import torch
 
 from ptuning.injection import attach_prefix
 from sft.data.encoding import DataCollator, PackingCollator
+from sft.methods import get_method
+from sft.training import recipe
 from sft.training.trainer import SFTTrainer, supervised_logits_only
 from tests.ptuning.test_packing import rows
 from tests.ptuning.test_prefix import tiny_encoder, tiny_model
@@ -21,10 +23,10 @@ from tests.sft.training.test_train import run_training, train_args, train_histor
 TOL = 1e-5
 
 
-def trained(tiny_model_dir, out, method: str, mask: str, packing: str):
+def trained(tiny_model_dir, out, method: str, mask: str, packing: str, dtype: str = "float32"):
     argv = train_args(tiny_model_dir, out, "--finetuning_type", method, "--mask", mask, "--packing", packing,
                       "--gradient_accumulation_steps", "2", "--max_steps", "2", "--save_steps", "100",
-                      "--use_cpu", "--dtype", "float32", "--optim", "sgd",
+                      "--use_cpu", "--dtype", dtype, "--optim", "sgd",
                       *(["--lora_dropout", "0"] if method == "lora" else []))
     argv[argv.index("--validation_file"):argv.index("--validation_file") + 2] = []  # training only
     trainer, _ = run_training(argv)
@@ -33,9 +35,12 @@ def trained(tiny_model_dir, out, method: str, mask: str, packing: str):
     return trainer, steps, weights
 
 
+@pytest.mark.parametrize("fill", [None, 16], ids=["exact", "filled"])
 @pytest.mark.parametrize("mask", ["causal", "prefix_lm"])
 @pytest.mark.parametrize("method", ["ptuning", "lora", "full"])
-def test_packed_training_equals_padded_training(tiny_model_dir, tmp_path, method, mask, monkeypatch):
+def test_packed_training_equals_padded_training(tiny_model_dir, tmp_path, method, mask, fill, monkeypatch):
+    # filled: packed sequences end at a multiple of 16 tokens, as bf16 weights on CPU have them (here in fp32)
+    monkeypatch.setattr(recipe, "shape_multiple", lambda training_args, model: fill)
     collators = []
     real_step = SFTTrainer.training_step
 
@@ -46,6 +51,7 @@ def test_packed_training_equals_padded_training(tiny_model_dir, tmp_path, method
     monkeypatch.setattr(SFTTrainer, "training_step", step_and_record)
     packed_trainer, packed, packed_weights = trained(tiny_model_dir, tmp_path / "packed", method, mask, "true")
     assert isinstance(packed_trainer.train_data_collator, PackingCollator) and all(collators)
+    assert packed_trainer.train_data_collator.pad_to_multiple_of == fill
     collators.clear()
     _, padded, padded_weights = trained(tiny_model_dir, tmp_path / "padded", method, mask, "false")
     assert collators and not any(collators)
@@ -60,15 +66,20 @@ def test_packed_training_equals_padded_training(tiny_model_dir, tmp_path, method
         torch.testing.assert_close(weight, padded_weights[name], rtol=0, atol=TOL, msg=name)
 
 
-@pytest.mark.parametrize("collator", [PackingCollator(), DataCollator(pad_token_id=0)], ids=["packed", "padded"])
+@pytest.mark.parametrize("collator, multiple", [(PackingCollator(), None), (DataCollator(pad_token_id=0), None),
+                                               (PackingCollator(pad_to_multiple_of=16), 16)],
+                         ids=["packed", "padded", "filled"])
 @pytest.mark.parametrize("with_prefix", [True, False], ids=["prefix", "mask_only"])
-def test_supervised_logits_only_gives_the_same_loss_and_gradients(collator, with_prefix):
+def test_supervised_logits_only_gives_the_same_loss_and_gradients(collator, multiple, with_prefix):
     model = tiny_model()
     attach_prefix(model, tiny_encoder(model) if with_prefix else None, "prefix_lm")
     model.requires_grad_(True)
     batch = collator(rows())
     results = []
-    for inputs in (batch, supervised_logits_only(batch)):
+    kept = supervised_logits_only(batch, multiple)
+    supervised = int((batch["labels"][:, 1:] != -100).any(0).sum())
+    assert len(kept["logits_to_keep"]) == (supervised if multiple is None else -(-supervised // multiple) * multiple)
+    for inputs in (batch, kept):
         model.zero_grad()
         out = model(**inputs, num_items_in_batch=(batch["labels"][:, 1:] != -100).sum())
         out.loss.backward()
@@ -76,6 +87,32 @@ def test_supervised_logits_only_gives_the_same_loss_and_gradients(collator, with
         results.append((out.loss.detach(), out.logits.shape[1], grads))
     (full_loss, full_width, full_grads), (loss, width, grads) = results
     torch.testing.assert_close(loss, full_loss, rtol=0, atol=1e-6)
-    assert width == (batch["labels"][:, 1:] != -100).any(0).sum() < full_width  # prompt positions skipped
+    assert width == len(kept["logits_to_keep"]) < full_width  # prompt positions skipped
     for name, grad in grads.items():
         torch.testing.assert_close(grad, full_grads[name], rtol=0, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("method", ["ptuning", "lora"])
+def test_bf16_packed_training_follows_the_fp32_padded_run(tiny_model_dir, tmp_path, method):
+    """bf16 weights on CPU (``--dtype auto`` on an AMX CPU; asked for here, so every CPU runs it): packed
+    sequences filled to a multiple of 64 tokens, attention in fp32 for the backward; the losses and gradient
+    norms follow the fp32 padded run's to bf16's precision."""
+    trainer, bf16, weights = trained(tiny_model_dir, tmp_path / "bf16", method, "prefix_lm", "true", "bfloat16")
+    assert trainer.model.dtype == torch.bfloat16 and trainer.train_data_collator.pad_to_multiple_of == 64
+    assert all(w.dtype == torch.float32 for w in weights.values())  # the trained weights stay fp32
+    _, fp32, _ = trained(tiny_model_dir, tmp_path / "fp32", method, "prefix_lm", "false")
+    for a, b in zip(bf16, fp32, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-2), a["step"]
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=5e-2), a["step"]
+        assert a["num_input_tokens_seen"] == b["num_input_tokens_seen"]  # the filler is not counted
+
+
+@pytest.mark.parametrize("method, amx, flag, expected", [
+    ("ptuning", True, "auto", torch.bfloat16), ("lora", True, "auto", torch.bfloat16),
+    ("full", True, "auto", torch.float32), ("ptuning", False, "auto", torch.float32),
+    ("ptuning", True, "float32", torch.float32), ("full", False, "bfloat16", torch.bfloat16),
+])
+def test_dtype_auto_is_bf16_for_a_frozen_base_on_a_cpu_that_computes_it(monkeypatch, method, amx, flag, expected):
+    monkeypatch.setattr(recipe, "cpu_computes_bf16", lambda: amx)
+    args = recipe.parse_args(["--finetuning_type", method, "--dtype", flag, "--use_cpu", "--output_dir", "unused"])
+    assert recipe.weights_dtype(args.model, get_method(method), args.training) == expected

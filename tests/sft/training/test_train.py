@@ -117,7 +117,7 @@ def test_only_the_prefix_trains(trained, tiny_model_dir):
     after = {k: v for k, v in trainer.model.state_dict().items() if not k.startswith("prefix_encoder.")}
     assert after.keys() == before.keys()
     for name, tensor in before.items():
-        assert torch.equal(after[name], tensor), name  # bit-identical
+        assert torch.equal(after[name], tensor.to(after[name].dtype)), name  # bit-identical (bf16 on an AMX CPU)
     trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
     assert trainable == {"prefix_encoder.embedding.weight"}
     # Against the run's real initial prefix: every virtual token moved.
