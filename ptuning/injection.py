@@ -232,13 +232,17 @@ def _grouped_sdpa(module, query, key, value, mask, dropout: float, scaling: floa
     if is_causal is None:
         is_causal = getattr(module, "is_causal", True)
     dtype = query.dtype
-    if dtype != torch.float32 and torch.is_grad_enabled() and (query.requires_grad or key.requires_grad):
+    fp32 = dtype != torch.float32 and torch.is_grad_enabled() and (query.requires_grad or key.requires_grad)
+    if fp32:
         # PyTorch 2.13's CPU flash-attention backward is slower in bf16 than in fp32 (the bench's P-tuning
-        # step in bf16: 654 against 215 ms over 6 steps), its forward faster: training attends in fp32.
+        # step in bf16: 654 against 215 ms over 6 steps), its forward faster: training attends in fp32,
+        # under autocast too (which would cast SDPA's inputs back to bf16).
         query, key, value = query.float(), key.float(), value.float()
-    output = torch.nn.functional.scaled_dot_product_attention(
-        query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling,
-        is_causal=bool(is_causal and mask is None and query.shape[2] > 1), enable_gqa=key.shape[1] != query.shape[1])
+    with torch.autocast(query.device.type, enabled=not fp32 and torch.is_autocast_enabled(query.device.type)):
+        output = torch.nn.functional.scaled_dot_product_attention(
+            query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling,
+            is_causal=bool(is_causal and mask is None and query.shape[2] > 1),
+            enable_gqa=key.shape[1] != query.shape[1])
     return output.transpose(1, 2).contiguous().to(dtype)
 
 

@@ -186,7 +186,8 @@ def shape_multiple(training_args: SFTTrainingArguments, model: PreTrainedModel) 
     CPU, whose matrix products oneDNN runs, building a kernel for each new shape (see
     :class:`~sft.data.encoding.PackingCollator`; on average 32 filler tokens a batch, which attend only to
     themselves); else ``None`` (MKL's fp32 and the GPU's kernels take any shape)."""
-    if training_args.device.type == "cpu" and model.dtype in (torch.bfloat16, torch.float16):
+    low = model.dtype in (torch.bfloat16, torch.float16) or training_args.bf16 or training_args.fp16  # or autocast
+    if training_args.device.type == "cpu" and low:
         return SHAPE_MULTIPLE
     return None
 

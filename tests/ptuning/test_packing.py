@@ -222,3 +222,27 @@ def test_grouped_sdpa_equals_transformers_repeated_key_values(case, monkeypatch)
     theirs = torch.autograd.grad(reference, (query, key, value), upstream)
     for a, b in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["bf16_weights", "autocast"])
+def test_bf16_training_attends_in_fp32(autocast):
+    """Training with bf16 inputs (a bf16 base, or ``--bf16``'s autocast) runs SDPA in fp32, where PyTorch's CPU
+    backward is faster: the output is the fp32 attention of the same bf16 inputs, rounded once to bf16."""
+    from types import SimpleNamespace
+
+    from ptuning import injection
+
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(1, 6, 7, 8, generator=generator).bfloat16().requires_grad_()
+    key, value = (torch.randn(1, 2, 11, 8, generator=generator).bfloat16().requires_grad_() for _ in range(2))
+    mask = torch.ones(1, 1, 7, 11, dtype=torch.bool).tril(4)
+    module = SimpleNamespace(is_causal=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        output = injection._grouped_sdpa(module, query, key, value, mask, 0.0, 0.3, None)
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        query.float(), key.float(), value.float(), attn_mask=mask, scale=0.3, enable_gqa=True)
+    assert output.dtype == torch.bfloat16
+    assert torch.equal(output, expected.transpose(1, 2).bfloat16())
+    with torch.no_grad():  # inference keeps bf16 (its forward is the faster one)
+        plain = injection._grouped_sdpa(module, query, key, value, mask, 0.0, 0.3, None)
+    assert not torch.equal(plain, output)
