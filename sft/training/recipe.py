@@ -109,6 +109,7 @@ def weights_dtype(model_args: ModelArguments, method: Method, training_args: SFT
         if method.name == "full":
             return torch.float32
         if training_args.device.type == "cpu" and cpu_computes_bf16():
+            logger.info("base weights: bf16 (--dtype auto, this CPU has AMX bf16 units; --dtype float32 for fp32)")
             return torch.bfloat16
     return resolve_dtype(model_args.dtype)
 
