@@ -269,7 +269,6 @@ class DataCollator:
 
 
 @dataclass
-@dataclass
 class PackingCollator:
     """Concatenate a batch's encoded rows into one sequence, without padding.
 
