@@ -87,6 +87,7 @@ INJECTION_KWARG = "ptuning_injection"
 SEGMENTS_KWARG = "segment_ids"  # (1, N): the row of each token of a packed batch
 SPARSE_INDICES_KWARG = "indices"  # how transformers' glm_moe_dsa hands its attention the indexer's top-k
 ROWS_KWARG = "row_prefixes"  # a RowPrefixes: each row of the batch with its own prefix and mask (serving)
+PROMPT_LABELS_KWARG = "prompt_labels"  # labels for the mask alone, where the loss is computed outside the model
 _WRAPPED = "ptuning_"
 
 
@@ -418,6 +419,10 @@ def find_cache(kwargs: dict) -> Cache | None:
 def _prepare_kwargs(hook: PrefixHook, kwargs: dict) -> dict:
     """Replace the 2-D padding mask by the attention every layer runs; add positions and the prefix."""
     segment_ids = kwargs.pop(SEGMENTS_KWARG, None)
+    # The Trainer takes the labels out when it computes the loss itself (label smoothing, compute_loss_func);
+    # prefix-LM masking still needs them to find each prompt, so they come as prompt_labels then.
+    prompt_labels = kwargs.pop(PROMPT_LABELS_KWARG, None)
+    labels = kwargs.get("labels") if kwargs.get("labels") is not None else prompt_labels
     tokens = kwargs.get("input_ids")
     if tokens is None:
         tokens = kwargs["inputs_embeds"][..., 0]
@@ -439,9 +444,9 @@ def _prepare_kwargs(hook: PrefixHook, kwargs: dict) -> dict:
     if rows is not None:
         _plan_rows(hook, kwargs, inputs, rows, padding, length, past, packed=segment_ids is not None)
     elif segment_ids is not None:
-        _plan_packed(hook, kwargs, inputs, segment_ids, padding, past)
+        _plan_packed(hook, kwargs, inputs, segment_ids, padding, past, labels)
     else:
-        _plan_padded(hook, kwargs, inputs, padding, length, past)
+        _plan_padded(hook, kwargs, inputs, padding, length, past, labels)
     hook.current = kwargs[INJECTION_KWARG] = inputs
     return kwargs
 
@@ -455,13 +460,14 @@ def _placeholder_mask(batch: int, queries: int, keys: int, device) -> torch.Tens
     return torch.ones((), dtype=torch.bool, device=device).expand(batch, 1, queries, keys)
 
 
-def _plan_padded(hook: PrefixHook, kwargs: dict, inputs: LayerInputs, padding, length: int, past: int) -> None:
+def _plan_padded(hook: PrefixHook, kwargs: dict, inputs: LayerInputs, padding, length: int, past: int,
+                 labels: torch.Tensor | None) -> None:
     """A padded (or unpadded) batch ``(B, T)``: one mask for every layer, or none (see the module docstring)."""
     batch, device = padding.shape[0], padding.device
     if kwargs.get("position_ids") is None:
         # Real tokens count from 0 whatever the left padding or the prefix length.
         kwargs["position_ids"] = (padding.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
-    bidirectional = _bidirectional_length(hook.mask_type, kwargs.get("labels"), past, past + length, batch, device)
+    bidirectional = _bidirectional_length(hook.mask_type, labels, past, past + length, batch, device)
     if inputs.dense:
         # Real tokens only: each layer's wrapper adds the prefix columns (after any model-specific masking).
         kwargs["attention_mask"] = build_attention_mask(
@@ -514,7 +520,8 @@ def _plan_rows(hook: PrefixHook, kwargs: dict, inputs: LayerInputs, rows: RowPre
     kwargs["attention_mask"] = _placeholder_mask(batch, length, past + length, device)
 
 
-def _plan_packed(hook: PrefixHook, kwargs: dict, inputs: LayerInputs, segment_ids, padding, past: int) -> None:
+def _plan_packed(hook: PrefixHook, kwargs: dict, inputs: LayerInputs, segment_ids, padding, past: int,
+                 labels: torch.Tensor | None) -> None:
     """A packed batch ``(1, N)``: each row attends to itself (and the prefix) only."""
     problems = []
     if segment_ids.dim() != 2 or segment_ids.shape[0] != 1 or segment_ids.shape != padding.shape:
@@ -529,7 +536,6 @@ def _plan_packed(hook: PrefixHook, kwargs: dict, inputs: LayerInputs, segment_id
         problems.append("position_ids counting from 0 in each row")
     if hook.sparse:
         problems.append("a model without DeepSeek sparse attention (its indexer picks keys across the whole sequence)")
-    labels = kwargs.get("labels")
     if hook.mask_type == "prefix_lm" and labels is None:
         problems.append("labels (they mark each row's prompt for prefix_lm)")
     if problems:

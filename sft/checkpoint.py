@@ -27,6 +27,7 @@ from sft.methods import Method, get_method
 from sft.models import (
     EMBEDDED,
     base_defaults,
+    cpu_computes_bf16,
     fingerprint,
     load_base_model,
     load_tokenizer,
@@ -170,6 +171,20 @@ def _load_base(
     return model, load_tokenizer(base_path)
 
 
+def loading_dtype(dtype: str | None, recorded: str) -> torch.dtype:
+    """The dtype a checkpoint loads in: ``dtype`` if given, else the one it trained in, except bf16 or fp16 on a
+    machine that only emulates them (no GPU; a CPU without AMX for bf16, any CPU for fp16), where fp32 runs
+    faster: a checkpoint trained on a GPU, or on a CPU with AMX, still evaluates at full speed elsewhere."""
+    import torch
+
+    if dtype is None and recorded in ("bfloat16", "float16") and not torch.cuda.is_available():
+        if recorded == "float16" or not cpu_computes_bf16():
+            logger.info("loading in float32: the checkpoint trained in %s, which this CPU emulates "
+                        "(--dtype %s to keep it)", recorded, recorded)
+            return torch.float32
+    return resolve_dtype(dtype or recorded)
+
+
 def load_checkpoint(
     directory: str | Path,
     *,
@@ -188,7 +203,7 @@ def load_checkpoint(
     method = get_method(info.method, f"{directory / CHECKPOINT_FILE}: method")
     _check_expectations(info, expect or {}, directory)
     _require_files(directory, method)
-    model, tokenizer = _load_base(directory, info, method, model_name_or_path, resolve_dtype(dtype or info.dtype))
+    model, tokenizer = _load_base(directory, info, method, model_name_or_path, loading_dtype(dtype, info.dtype))
     model = method.load(model, info.settings, info.mask, directory).eval()
     logger.info("loaded %s checkpoint %s (base model %s)", info.method, directory, info.base_model)
     return model, tokenizer, info

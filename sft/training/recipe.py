@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import transformers
 from transformers import HfArgumentParser, PreTrainedModel, TrainerCallback, set_seed
 
 from ptuning.injection import attach_prefix
@@ -32,7 +31,7 @@ from sft.models import (base_defaults, cpu_computes_bf16, fingerprint, load_base
                         resolve_model_path)
 from sft.training.arguments import MethodArguments, ModelArguments
 from sft.training.report import batch_layout, count_parameters, write_training_report
-from sft.training.trainer import GenerationEval, SaveAtEndCallback, SFTTrainer, SFTTrainingArguments
+from sft.training.trainer import GenerationEval, MaskedLossTrainer, SaveAtEndCallback, SFTTrainer, SFTTrainingArguments
 
 logger = logging.getLogger("sft.train")
 
@@ -125,7 +124,7 @@ def resolve_settings(model_args: ModelArguments, data_args: DataArguments, base:
 def evaluate_base_loss(model, training_args, collator, eval_dataset, mask: str) -> float:
     """Dev loss of the base model as it is (no prefix, no adapters), with the run's mask."""
     hook = attach_prefix(model, None, mask)
-    trainer = transformers.Trainer(model=model, args=training_args, data_collator=collator, eval_dataset=eval_dataset)
+    trainer = MaskedLossTrainer(model=model, args=training_args, data_collator=collator, eval_dataset=eval_dataset)
     loss = trainer.evaluate(metric_key_prefix="base")["base_loss"]
     hook.remove()
     # accelerate marks a model it has prepared, for evaluation too, and never wraps a marked model again:

@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
 
+from ptuning.injection import PROMPT_LABELS_KWARG
 from sft.checkpoint import CheckpointInfo, save_checkpoint
 from sft.data import Example
 from sft.data.encoding import IGNORE_INDEX, unpack
@@ -92,7 +93,23 @@ class SFTTrainingArguments(TrainingArguments):
         return (config or {}).get("zero_optimization", {}).get("stage")
 
 
-class SFTTrainer(Trainer):
+class MaskedLossTrainer(Trainer):
+    """A Trainer that keeps telling the prefix hook where each prompt ends when it computes the loss itself.
+
+    With ``--label_smoothing_factor`` or a ``compute_loss_func``, transformers takes ``labels`` out of the
+    inputs before the forward; prefix-LM masking finds each row's prompt from them, and without them a
+    padded batch would attend both ways across the whole row (its answer too) and a packed one stop. They
+    go to the hook as ``prompt_labels`` (:data:`ptuning.injection.PROMPT_LABELS_KWARG`) then.
+    """
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if "labels" in inputs and (self.label_smoother is not None or self.compute_loss_func is not None):
+            inputs = {**inputs, PROMPT_LABELS_KWARG: inputs["labels"]}
+        return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                    num_items_in_batch=num_items_in_batch)
+
+
+class SFTTrainer(MaskedLossTrainer):
     """A Trainer whose checkpoints are :func:`sft.checkpoint.save_trained`'s: the prefix, the peft adapter or
     the whole model, as the run's method says, plus ``sft_checkpoint.json``.
 

@@ -246,3 +246,21 @@ def test_bf16_training_attends_in_fp32(autocast):
     with torch.no_grad():  # inference keeps bf16 (its forward is the faster one)
         plain = injection._grouped_sdpa(module, query, key, value, mask, 0.0, 0.3, None)
     assert not torch.equal(plain, output)
+
+
+@pytest.mark.parametrize("collator", [PackingCollator(), DataCollator(pad_token_id=0)], ids=["packed", "padded"])
+def test_prompt_labels_mark_the_prompts_when_the_labels_are_taken_out(collator):
+    """transformers' Trainer takes ``labels`` out when it computes the loss itself (label smoothing); the
+    mask still finds each prompt from ``prompt_labels``: the same logits as with the labels in."""
+    from ptuning.injection import PROMPT_LABELS_KWARG
+
+    model, _ = attached("sdpa", "prefix_lm", True)
+    batch = collator(rows())
+    without = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        expected = model(**batch).logits
+        found = model(**without, **{PROMPT_LABELS_KWARG: batch["labels"]}).logits
+    assert torch.equal(found, expected)
+    if "segment_ids" not in batch:  # guard: without them a padded prefix-LM batch attends both ways everywhere
+        with torch.no_grad():
+            assert not torch.allclose(model(**without).logits, expected, atol=1e-3)

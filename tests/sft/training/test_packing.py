@@ -116,3 +116,20 @@ def test_dtype_auto_is_bf16_for_a_frozen_base_on_a_cpu_that_computes_it(monkeypa
     monkeypatch.setattr(recipe, "cpu_computes_bf16", lambda: amx)
     args = recipe.parse_args(["--finetuning_type", method, "--dtype", flag, "--use_cpu", "--output_dir", "unused"])
     assert recipe.weights_dtype(args.model, get_method(method), args.training) == expected
+
+
+def test_label_smoothing_trains_with_the_prefix_lm_mask(tiny_model_dir, tmp_path):
+    """The Trainer computes a smoothed loss outside the model: the mask still sees each prompt (packed and padded
+    agree, where the packed batch stopped and the padded one attended both ways across its answers)."""
+    losses = {}
+    for mode in ("true", "false"):
+        argv = train_args(tiny_model_dir, tmp_path / mode, "--mask", "prefix_lm", "--packing", mode, "--max_steps", "2",
+                          "--save_steps", "100", "--use_cpu", "--dtype", "float32", "--label_smoothing_factor", "0.1",
+                          "--eval_base_loss")
+        run_training(argv)
+        losses[mode] = [h for h in train_history(tmp_path / mode) if "loss" in h or "base_dev_loss" in h]
+    assert losses["true"] and len(losses["true"]) == len(losses["false"])
+    for a, b in zip(losses["true"], losses["false"]):
+        for key in ("loss", "base_dev_loss"):
+            if key in a:
+                assert a[key] == pytest.approx(b[key], abs=TOL), key

@@ -4,6 +4,7 @@ keeping the best checkpoint, and stored losses that show the recipe learns."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from itertools import chain, repeat
@@ -15,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import GlmForCausalLM
 
+import sft.checkpoint as sft_checkpoint
 import sft.train
 from sft.checkpoint import load_checkpoint
 from sft.errors import CheckpointError
@@ -189,6 +191,25 @@ def test_wrong_pre_seq_len_is_refused(trained):
     out = trained.out
     with pytest.raises(CheckpointError, match="checkpoint has pre_seq_len 4, --pre_seq_len says 8"):
         load_checkpoint(out, expect={"pre_seq_len": 8})
+
+
+@pytest.mark.parametrize("recorded, asked, cuda, amx, expected", [
+    ("bfloat16", None, False, False, "float32"),  # trained on a GPU or an AMX CPU, loaded where bf16 is emulated
+    ("bfloat16", None, False, True, "bfloat16"), ("bfloat16", None, True, False, "bfloat16"),
+    ("float16", None, False, True, "float32"), ("float16", None, True, False, "float16"),
+    ("float32", None, False, False, "float32"), ("bfloat16", "bfloat16", False, False, "bfloat16"),
+])
+def test_a_checkpoint_loads_in_its_dtype_unless_this_cpu_emulates_it(trained, tmp_path, monkeypatch, recorded, asked,
+                                                                     cuda, amx, expected):
+    monkeypatch.setattr(sft_checkpoint, "cpu_computes_bf16", lambda: amx)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert sft_checkpoint.loading_dtype(asked, recorded) == getattr(torch, expected)
+    if not cuda:  # the whole load, from a checkpoint that records `recorded`
+        shutil.copytree(trained.out, tmp_path / "ck", ignore=shutil.ignore_patterns("checkpoint-*"))
+        info = json.loads((tmp_path / "ck" / "sft_checkpoint.json").read_text())
+        (tmp_path / "ck" / "sft_checkpoint.json").write_text(json.dumps({**info, "dtype": recorded}))
+        model, _, _ = load_checkpoint(tmp_path / "ck", dtype=asked)
+        assert model.dtype == getattr(torch, expected)
 
 
 def test_prefix_file_of_another_length_is_refused(trained, tmp_path):
