@@ -2,7 +2,7 @@
 fixed padding (a benchmark, not a test).
 
     python bench/train_throughput.py [--data /work/shared/adgen] [--rows 800] [--steps 24] [--batch_size 8]
-        [--repeats 3] [--arms ptuning,ptuning_fp32,peft_prefix,...] [--same_allocator]
+        [--repeats 3] [--arms ptuning,ptuning_fp32,peft_prefix,...]
 
 The same model, rows, order, batch size and number of steps for every arm: a random ~20M-parameter
 ``GlmConfig`` (hidden 384, 8 layers, 6 heads, 2 kv heads) with the embedded tokenizer, saved once;
@@ -13,8 +13,7 @@ seed 42 (the Trainer's sampler draws the same rows for every arm); causal mask.
 Arms (each is P-tuning with ``pre_seq_len`` 32, LoRA r 8 on every linear layer, or full):
 
 * ``ptuning``, ``lora``, ``full``: ``sft.train``'s recipe with its default flags (packed batches;
-  ``--dtype auto``: a bf16 base for P-tuning and LoRA on a CPU with AMX, else fp32), and glibc's malloc
-  keeping freed memory (:mod:`sft.allocator`) as every ``python -m sft.*`` command does;
+  ``--dtype auto``: a bf16 base for P-tuning and LoRA on a CPU with AMX, else fp32);
 * ``ptuning_fp32``, ``lora_fp32``: the same with ``--dtype float32`` (what ``auto`` is on other CPUs);
 * ``peft_prefix``: peft ``PrefixTuningConfig`` + transformers' Trainer, dynamic padding
   (``DataCollatorForSeq2Seq``), fp32 (``from_pretrained``'s default);
@@ -23,9 +22,6 @@ Arms (each is P-tuning with ``pre_seq_len`` 32, LoRA r 8 on every linear layer, 
 * ``peft_lora``: peft ``LoraConfig`` (the same targets, rank, alpha, dropout) + Trainer, dynamic padding;
 * ``peft_prefix_bf16``, ``peft_lora_bf16``: those two with the base loaded in bf16 (``dtype=torch.bfloat16``);
 * ``trainer_full``: the plain model + Trainer, dynamic padding, fp32.
-
-The other arms run with glibc's default malloc settings, as a user's script would; ``--same_allocator``
-gives them ours too, for ratios that leave the allocator out.
 
 Each run is its own subprocess (the arms alternate, ``--repeats`` rounds), so imports, warm-up and
 memory start alike. Positions: the tokens that the batches trained on make the model compute, padding
@@ -113,7 +109,6 @@ def shared_flags(args, out: Path) -> dict:
 
 
 def run_ours(arm: str, args, model_dir: Path, out: Path, timer) -> int:
-    from sft.allocator import keep_freed_memory
     from sft.data import encoding
     from sft.training import recipe
 
@@ -132,7 +127,6 @@ def run_ours(arm: str, args, model_dir: Path, out: Path, timer) -> int:
         return counter(rows)
 
     encoding.PackingCollator.__call__ = counted  # this child process only
-    keep_freed_memory()  # as sft.cli.run_command does for python -m sft.train
     trainer, _ = recipe.run(recipe.parse_args(argv), callbacks=[timer])
     timer.positions = counter.positions(args.steps)
     return trainer.state.num_input_tokens_seen
@@ -143,12 +137,9 @@ def run_baseline(arm: str, args, model_dir: Path, out: Path, timer) -> int:
     from peft import LoraConfig, PrefixTuningConfig, get_peft_model
     from transformers import AutoTokenizer, DataCollatorForSeq2Seq, GlmForCausalLM, Trainer, TrainingArguments
 
-    from sft.allocator import keep_freed_memory
     from sft.data import DataArguments, DataCollator, build_dataset
     from sft.methods.lora import lora_targets
 
-    if args.same_allocator:
-        keep_freed_memory()
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     data_args = DataArguments(train_file=str(train_file(Path(args.data))), max_train_samples=args.rows,
                               max_source_length=MAX_SOURCE, max_target_length=MAX_TARGET, template="chatglm3")
@@ -221,8 +212,7 @@ def parent(args) -> None:
         for repeat in range(args.repeats):
             for arm in arms:  # alternating: a slower moment of the machine hits every arm alike
                 argv = [sys.executable, __file__, "--arm", arm, "--model_dir", str(model_dir), "--data", args.data,
-                        "--rows", str(args.rows), "--steps", str(args.steps), "--batch_size", str(args.batch_size),
-                        *(["--same_allocator"] if args.same_allocator else [])]
+                        "--rows", str(args.rows), "--steps", str(args.steps), "--batch_size", str(args.batch_size)]
                 env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
                 proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, env=env)
                 if proc.returncode != 0:
@@ -241,8 +231,7 @@ def report(args, runs: dict[str, list[dict]], threads: int) -> None:
               for arm, results in runs.items()}
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads {threads}; "
           f"{args.rows} rows of {train_file(Path(args.data))}, batch {args.batch_size}, {args.steps} steps, "
-          f"{args.repeats} runs per arm (median); other arms' malloc: "
-          f"{'ours (--same_allocator)' if args.same_allocator else 'glibc defaults'}")
+          f"{args.repeats} runs per arm (median)")
     print(f"| {'arm':<15} | {'tokens/s':>9} | {'peak RSS MB':>11} | {'real tokens':>11} | {'positions':>9} |")
     print(f"|{'-' * 17}|{'-' * 11}:|{'-' * 13}:|{'-' * 13}:|{'-' * 11}:|")
     for arm, m in median.items():
@@ -268,8 +257,6 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3, help="Runs per arm, alternating.")
     parser.add_argument("--arms", default=",".join(ARMS), help=f"Comma list of: {', '.join(ARMS)}.")
-    parser.add_argument("--same_allocator", action="store_true",
-                        help="Run the peft and Trainer arms with our malloc settings too (sft.allocator).")
     parser.add_argument("--arm", help=argparse.SUPPRESS)  # a child run
     parser.add_argument("--model_dir", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -1,8 +1,7 @@
 """What every ``python -m sft.*`` command does around its work.
 
 Logging goes to stderr (stdout carries the command's output), a transformers or peft outside
-the tested range gets one warning line, glibc's malloc keeps freed memory for the next step
-(:mod:`sft.allocator`), and a user's mistake (a bad flag, file, checkpoint:
+the tested range gets one warning line, and a user's mistake (a bad flag, file, checkpoint:
 :class:`sft.errors.UserError`), or an installed transformers that runs the model in a way prefix
 injection does not support (:class:`ptuning.injection.InjectionError`), ends as one
 ``error: ...`` line and a non-zero exit status, never a traceback.
@@ -17,7 +16,6 @@ import sys
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from sft.allocator import keep_freed_memory
 from sft.errors import UserError
 from sft.versions import check_supported
 
@@ -41,7 +39,6 @@ def run_command(parse: Callable[[], Any], work: Callable[[Any], Any], *, log_str
     ``work`` does the job (what it returns is not an exit status: commands print their results).
     """
     setup_logging(log_stream)
-    keep_freed_memory()
     for warning in check_supported():
         print(warning, file=sys.stderr)
     try:
