@@ -2,7 +2,7 @@
 fixed padding (a benchmark, not a test).
 
     python bench/train_throughput.py [--data /work/shared/adgen] [--rows 800] [--steps 24] [--batch_size 8]
-        [--repeats 3] [--arms ptuning,ptuning_fp32,peft_prefix,...]
+        [--warmup_steps 4] [--repeats 3] [--arms ptuning,ptuning_fp32,peft_prefix,...]
 
 The same model, rows, order, batch size and number of steps for every arm: a random ~20M-parameter
 ``GlmConfig`` (hidden 384, 8 layers, 6 heads, 2 kv heads) with the embedded tokenizer, saved once;
@@ -27,8 +27,12 @@ Each run is its own subprocess (the arms alternate, ``--repeats`` rounds), so im
 memory start alike. Positions: the tokens that the batches trained on make the model compute, padding
 included (ours: the real tokens, plus the filler that ends a bf16 packed sequence at a multiple of 64).
 Tokens/s: real tokens (prompt and answer, no padding: the Trainer's ``num_input_tokens_seen`` with
-``non_padding``) over the seconds from the start of training to the end of the last step, timed by a
-Trainer callback (saving afterwards is not counted). Peak memory:
+``non_padding``) of the ``--steps`` timed steps over their seconds, timed by a Trainer callback from
+the end of the ``--warmup_steps`` untimed steps that come first to the end of the last (saving
+afterwards is not counted). The first steps of a process pay once for what later steps reuse (oneDNN
+builds kernels for new shapes; glibc's malloc maps fresh pages until its mmap threshold adapts to the
+buffers the steps free) and weigh differently on different arms; a run of hundreds of steps hardly
+sees them. Peak memory:
 the subprocess's peak RSS (``ru_maxrss``: model, optimizer, activations and the Python runtime).
 Prints the medians and each of ours over its comparison arms.
 """
@@ -86,25 +90,33 @@ def train_file(data: Path) -> Path:
     raise SystemExit(f"--data: expected train5k.json or train.json in {data}, found neither")
 
 
-def step_timer():
-    """A Trainer callback timing from the start of training to the end of the last step."""
+def step_timer(warmup_steps: int):
+    """A Trainer callback timing from the end of step ``warmup_steps`` (the start of training when 0) to
+    the end of the last step, and counting the real tokens those steps trained on."""
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
         start = end = 0.0
+        tokens_before = 0
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.start = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
             self.end = time.perf_counter()
+            if state.global_step == warmup_steps:
+                self.start, self.tokens_before = self.end, state.num_input_tokens_seen
 
     return StepTimer()
 
 
+def total_steps(args) -> int:
+    return args.warmup_steps + args.steps
+
+
 def shared_flags(args, out: Path) -> dict:
-    return dict(output_dir=str(out), per_device_train_batch_size=args.batch_size, max_steps=args.steps, seed=SEED,
-                use_cpu=True, report_to="none", logging_steps=args.steps, remove_unused_columns=False,
+    return dict(output_dir=str(out), per_device_train_batch_size=args.batch_size, max_steps=total_steps(args),
+                seed=SEED, use_cpu=True, report_to="none", logging_steps=total_steps(args), remove_unused_columns=False,
                 include_num_input_tokens_seen="non_padding", dataloader_num_workers=0)
 
 
@@ -117,8 +129,8 @@ def run_ours(arm: str, args, model_dir: Path, out: Path, timer) -> int:
             "--max_train_samples", str(args.rows), "--max_source_length", str(MAX_SOURCE),
             "--max_target_length", str(MAX_TARGET), "--finetuning_type", method, "--mask", "causal",
             "--pre_seq_len", str(PRE_SEQ_LEN), "--output_dir", str(out), "--per_device_train_batch_size",
-            str(args.batch_size), "--max_steps", str(args.steps), "--seed", str(SEED), "--use_cpu",
-            "--logging_steps", str(args.steps), "--report_to", "none",
+            str(args.batch_size), "--max_steps", str(total_steps(args)), "--seed", str(SEED), "--use_cpu",
+            "--logging_steps", str(total_steps(args)), "--report_to", "none",
             *(["--dtype", "float32"] if arm.endswith("_fp32") else [])]
     pack, counter = encoding.PackingCollator.__call__, CountingCollator(None)
 
@@ -128,8 +140,8 @@ def run_ours(arm: str, args, model_dir: Path, out: Path, timer) -> int:
 
     encoding.PackingCollator.__call__ = counted  # this child process only
     trainer, _ = recipe.run(recipe.parse_args(argv), callbacks=[timer])
-    timer.positions = counter.positions(args.steps)
-    return trainer.state.num_input_tokens_seen
+    timer.positions = counter.positions(args.warmup_steps, total_steps(args))
+    return trainer.state.num_input_tokens_seen - timer.tokens_before
 
 
 def run_baseline(arm: str, args, model_dir: Path, out: Path, timer) -> int:
@@ -163,8 +175,8 @@ def run_baseline(arm: str, args, model_dir: Path, out: Path, timer) -> int:
     trainer = Trainer(model=model, args=training, train_dataset=dataset, data_collator=CountingCollator(collator),
                       callbacks=[timer])
     trainer.train()
-    timer.positions = trainer.data_collator.positions(args.steps)
-    return trainer.state.num_input_tokens_seen
+    timer.positions = trainer.data_collator.positions(args.warmup_steps, total_steps(args))
+    return trainer.state.num_input_tokens_seen - timer.tokens_before
 
 
 class CountingCollator:
@@ -178,9 +190,10 @@ class CountingCollator:
         self.sizes.append(batch["input_ids"].numel())
         return batch
 
-    def positions(self, steps: int) -> int:
-        """Those of the batches trained on: the data loader collates one more batch ahead than it uses."""
-        return sum(self.sizes[:steps])
+    def positions(self, first: int, last: int) -> int:
+        """Those of steps ``first + 1`` to ``last``: only batches trained on, as the data loader collates
+        one more batch ahead than it uses."""
+        return sum(self.sizes[first:last])
 
 
 def child(args) -> None:
@@ -188,7 +201,7 @@ def child(args) -> None:
     import logging
 
     logging.disable(logging.WARNING)
-    timer = step_timer()
+    timer = step_timer(args.warmup_steps)
     with tempfile.TemporaryDirectory() as out:
         runner = run_ours if args.arm in VERSUS else run_baseline  # ours: the arms compared with others
         tokens = runner(args.arm, args, Path(args.model_dir), Path(out), timer)
@@ -212,7 +225,8 @@ def parent(args) -> None:
         for repeat in range(args.repeats):
             for arm in arms:  # alternating: a slower moment of the machine hits every arm alike
                 argv = [sys.executable, __file__, "--arm", arm, "--model_dir", str(model_dir), "--data", args.data,
-                        "--rows", str(args.rows), "--steps", str(args.steps), "--batch_size", str(args.batch_size)]
+                        "--rows", str(args.rows), "--steps", str(args.steps), "--warmup_steps", str(args.warmup_steps),
+                        "--batch_size", str(args.batch_size)]
                 env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
                 proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, env=env)
                 if proc.returncode != 0:
@@ -230,7 +244,7 @@ def report(args, runs: dict[str, list[dict]], threads: int) -> None:
                     "tokens": results[0]["tokens"], "positions": results[0]["positions"]}
               for arm, results in runs.items()}
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads {threads}; "
-          f"{args.rows} rows of {train_file(Path(args.data))}, batch {args.batch_size}, {args.steps} steps, "
+          f"{args.rows} rows of {train_file(Path(args.data))}, batch {args.batch_size}, {args.steps} steps timed after {args.warmup_steps}, "
           f"{args.repeats} runs per arm (median)")
     print(f"| {'arm':<15} | {'tokens/s':>9} | {'peak RSS MB':>11} | {'real tokens':>11} | {'positions':>9} |")
     print(f"|{'-' * 17}|{'-' * 11}:|{'-' * 13}:|{'-' * 13}:|{'-' * 11}:|")
@@ -253,7 +267,8 @@ def main() -> None:
     parser.add_argument("--data", default=str(default_data if default_data.is_dir() else REPO / "data" / "adgen"),
                         help="Directory with train5k.json (or train.json), ADGEN format.")
     parser.add_argument("--rows", type=int, default=800, help="The first N rows.")
-    parser.add_argument("--steps", type=int, default=24, help="Training steps per run.")
+    parser.add_argument("--steps", type=int, default=24, help="Timed training steps per run.")
+    parser.add_argument("--warmup_steps", type=int, default=4, help="Untimed training steps before them.")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3, help="Runs per arm, alternating.")
     parser.add_argument("--arms", default=",".join(ARMS), help=f"Comma list of: {', '.join(ARMS)}.")
