@@ -73,6 +73,10 @@ class GenerationArguments:
     """How new tokens are chosen (flag names as in ChatGLM's ptuning scripts)."""
 
     max_new_tokens: int = field(default=128, metadata={"help": "Most tokens generated per row (the prompt not counted)."})
+    min_new_tokens: int = field(
+        default=0,
+        metadata={"help": "No eos before this many new tokens (0: none), for a model that stops mid-sentence."},
+    )
     do_sample: bool = field(default=False, metadata={"help": "Sample (with --top_p, --temperature) instead of greedy."})
     top_p: float = field(default=0.8, metadata={"help": "Nucleus sampling threshold, used with --do_sample."})
     temperature: float = field(default=0.95, metadata={"help": "Sampling temperature, used with --do_sample."})
@@ -86,6 +90,9 @@ class GenerationArguments:
             for name in ("max_new_tokens", "batch_size", "num_beams")
             if getattr(self, name) < 1
         ]
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            problems.append(f"--min_new_tokens: expected 0 to --max_new_tokens ({self.max_new_tokens}), "
+                            f"found {self.min_new_tokens}")
         if not 0.0 < self.top_p <= 1.0:
             problems.append(f"--top_p: expected a value in (0, 1], found {self.top_p}")
         if self.temperature <= 0.0:
@@ -97,6 +104,8 @@ class GenerationArguments:
         """What decides the generated text (batch size does not; sampling knobs only when sampling)."""
         settings = asdict(self)
         settings.pop("batch_size")
+        if not self.min_new_tokens:  # as before the flag existed: earlier outputs still match
+            settings.pop("min_new_tokens")
         if not self.do_sample:
             for name in ("top_p", "temperature", "seed"):
                 settings.pop(name)

@@ -2,7 +2,8 @@
 
 What a generation run needs, and nothing more (the settings are
 :class:`sft.eval.arguments.GenerationArguments`: greedy by default, sampling on request, bounded
-by ``max_new_tokens``, never a ``max_length`` that counts the prompt):
+by ``max_new_tokens``, never a ``max_length`` that counts the prompt, and with ``min_new_tokens`` no
+eos earlier):
 
 * :func:`generate_token_ids` / :func:`generate_answers`: one batch.
   Prompts are padded on the left so every row's next token sits in the last column; generation
@@ -123,7 +124,9 @@ def generate_token_ids(
     eos = eos_token_ids(model, tokenizer)
     collator = DataCollator.for_tokenizer(tokenizer, padding_side="left")  # real tokens flush right
     inputs = {k: v.to(model.device) for k, v in collator([{"input_ids": ids} for ids in prompt_ids]).items()}
-    sampling = {"top_p": args.top_p, "temperature": args.temperature} if args.do_sample else {}
+    options = {"top_p": args.top_p, "temperature": args.temperature} if args.do_sample else {}
+    if args.min_new_tokens:
+        options["min_new_tokens"] = args.min_new_tokens
     # Seeded in a forked RNG: runs repeat, and a caller's random stream (training's) is left as it was.
     cuda_devices = [model.device] if model.device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda_devices):
@@ -137,7 +140,7 @@ def generate_token_ids(
             pad_token_id=collator.pad_token_id,
             use_cache=True,
             streamer=streamer,
-            **sampling,
+            **options,
         )  # (B, T + new)
     new_tokens = output[:, inputs["input_ids"].shape[1]:].tolist()
     return [_cut_at_eos(ids, set(eos)) for ids in new_tokens]

@@ -117,6 +117,17 @@ def test_an_answer_says_whether_max_new_tokens_ended_it(prompt_ids, tiny_model_d
     assert answers[1] == Answer(tokenizer.decode(free[1], skip_special_tokens=True).strip(), at_limit=True)
 
 
+def test_min_new_tokens_holds_the_eos_back(prompt_ids, tiny_model_dir):
+    """Declare row 0's first token an eos: the answer is empty, unless --min_new_tokens forbids it that soon."""
+    model, tokenizer, _ = load_for_inference(str(tiny_model_dir))
+    free = generate_token_ids(model, tokenizer, prompt_ids[:1], GenerationArguments(max_new_tokens=NEW_TOKENS))[0]
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, free[0]]
+    assert generate_token_ids(model, tokenizer, prompt_ids[:1], GenerationArguments(max_new_tokens=NEW_TOKENS)) == [[]]
+    held = generate_token_ids(model, tokenizer, prompt_ids[:1], GenerationArguments(max_new_tokens=NEW_TOKENS,
+                                                                                   min_new_tokens=4))[0]
+    assert len(held) >= 4 and free[0] not in held[:4]
+
+
 def test_max_new_tokens_does_not_count_the_prompt(prompt_ids, tiny_model_dir):
     model, tokenizer, _ = load_for_inference(str(tiny_model_dir))
     longest = max(prompt_ids, key=len)
@@ -143,3 +154,10 @@ def test_generation_arguments_name_the_bad_flag():
         GenerationArguments(max_new_tokens=0)
     with pytest.raises(ValueError, match="--top_p"):
         GenerationArguments(top_p=0.0)
+    with pytest.raises(ValueError, match=r"--min_new_tokens: expected 0 to --max_new_tokens \(8\), found 9"):
+        GenerationArguments(max_new_tokens=8, min_new_tokens=9)
+
+
+def test_settings_name_min_new_tokens_only_when_set():
+    assert "min_new_tokens" not in GenerationArguments().settings()  # outputs of earlier runs still match
+    assert GenerationArguments(min_new_tokens=5).settings()["min_new_tokens"] == 5
