@@ -19,6 +19,10 @@ Lengths:
   prefix and the cue that opens the answer.
 * ``max_target_length`` bounds the answer *with* its eos: the answer is cut to
   ``max_target_length - 1`` tokens and eos is always appended and supervised.
+
+Copies (``--copy_loss_weight``): with ``copies=True`` a row also carries ``copies``, 1 on each answer
+token whose id is one of the prompt's text tokens (those the model sees after truncation; special
+tokens aside): where the answer repeats its prompt, as ADGEN's ad copy names each ``key#value`` value.
 """
 
 from __future__ import annotations
@@ -44,11 +48,13 @@ IGNORE_INDEX = -100
 
 @dataclass
 class _Tokens:
-    """Parallel per-token lists of a prompt: ids, labels, and whether truncation must keep it."""
+    """Parallel per-token lists of a prompt: ids, labels, whether truncation must keep it, and whether it
+    is a special token's."""
 
     ids: list[int] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     keep: list[bool] = field(default_factory=list)
+    special: list[bool] = field(default_factory=list)
 
 
 def _ids(tokenizer: Any, text: str) -> list[int]:
@@ -112,6 +118,7 @@ def _encode_segments(segments: Sequence[Segment], tokenizer: Any) -> _Tokens:
             tokens.ids += ids
             tokens.labels += ids if segment.supervised else [IGNORE_INDEX] * len(ids)
             tokens.keep += [segment.keep] * len(ids)
+            tokens.special += [segment.special] * len(ids)
     return tokens
 
 
@@ -128,7 +135,7 @@ def _cut_left(tokens: _Tokens, limit: int) -> _Tokens:
         )
     dropped = set(droppable[:excess])
     kept = [index for index in range(len(tokens.ids)) if index not in dropped]
-    return _Tokens([tokens.ids[i] for i in kept], [tokens.labels[i] for i in kept], [tokens.keep[i] for i in kept])
+    return _Tokens(*([values[i] for i in kept] for values in (tokens.ids, tokens.labels, tokens.keep, tokens.special)))
 
 
 def _parts(example: Example, tokenizer: Any) -> tuple[_Tokens, list[int]]:
@@ -136,10 +143,20 @@ def _parts(example: Example, tokenizer: Any) -> tuple[_Tokens, list[int]]:
     return _encode_segments(example.segments[:-1], tokenizer), _ids(tokenizer, example.answer)
 
 
-def _assemble(prompt: _Tokens, answer: list[int], eos: int, max_source_length: int, max_target_length: int) -> dict:
+def _assemble(prompt: _Tokens, answer: list[int], eos: int, max_source_length: int, max_target_length: int,
+              copies: bool = False) -> dict:
     prompt = _cut_left(prompt, max_source_length)
     answer = answer[: max_target_length - 1] + [eos]
-    return {"input_ids": prompt.ids + answer, "labels": prompt.labels + answer}
+    row = {"input_ids": prompt.ids + answer, "labels": prompt.labels + answer}
+    if copies:
+        row["copies"] = [0] * len(prompt.ids) + copy_marks(prompt, answer)
+    return row
+
+
+def copy_marks(prompt: _Tokens, answer: list[int]) -> list[int]:
+    """1 on each answer token whose id is one of the prompt's text tokens, else 0."""
+    text = {token for token, special in zip(prompt.ids, prompt.special) if not special}
+    return [int(token in text) for token in answer]
 
 
 def token_lengths(example: Example, tokenizer: Any) -> tuple[int, int]:
@@ -195,12 +212,14 @@ class EncodedDataset(torch.utils.data.Dataset):
         return [len(row["input_ids"]) for row in self.rows]
 
 
-def build_dataset(path: str | Path, tokenizer: Any, args: DataArguments, split: str = "train") -> EncodedDataset:
+def build_dataset(path: str | Path, tokenizer: Any, args: DataArguments, split: str = "train",
+                  copies: bool = False) -> EncodedDataset:
     """Load, render and encode ``path``; logs how many rows the length limits cut.
 
     Args:
         split: ``"train"`` or ``"eval"``: which of ``args.max_train_samples`` /
             ``args.max_eval_samples`` caps the number of rows.
+        copies: give each row its ``copies`` marks too (:func:`copy_marks`).
     """
     if split not in ("train", "eval"):
         raise ValueError(f"build_dataset split: expected 'train' or 'eval', found {split!r}")
@@ -208,7 +227,8 @@ def build_dataset(path: str | Path, tokenizer: Any, args: DataArguments, split: 
     examples = load_examples(path, args)[:max_samples]
     parts = [_parts(example, tokenizer) for example in examples]
     eos = eos_id(tokenizer)
-    rows = [_assemble(prompt, answer, eos, args.max_source_length, args.max_target_length) for prompt, answer in parts]
+    rows = [_assemble(prompt, answer, eos, args.max_source_length, args.max_target_length, copies)
+            for prompt, answer in parts]
     cut_prompts = sum(len(prompt.ids) > args.max_source_length for prompt, _ in parts)
     cut_answers = sum(len(answer) + 1 > args.max_target_length for _, answer in parts)
     if cut_prompts or cut_answers:
@@ -225,7 +245,8 @@ class DataCollator:
     """Pad a list of encoded rows to the longest of the batch.
 
     Returns ``input_ids`` ``(B, T)``, ``attention_mask`` ``(B, T)`` (1 on real tokens) and,
-    when the rows have them, ``labels`` ``(B, T)`` padded with ``IGNORE_INDEX``. Rows are padded
+    when the rows have them, ``labels`` ``(B, T)`` padded with ``IGNORE_INDEX`` and ``copies``
+    ``(B, T)`` padded with 0. Rows are padded
     on the right for training and on the left for generation (new tokens follow the prompt).
 
     Attributes:
@@ -257,6 +278,8 @@ class DataCollator:
         }
         if "labels" in rows[0]:
             batch["labels"] = self._pad([row["labels"] for row in rows], width, IGNORE_INDEX)
+        if "copies" in rows[0]:
+            batch["copies"] = self._pad([row["copies"] for row in rows], width, 0)
         return batch
 
     def _pad(self, sequences: list[Sequence[int]], width: int, value: int) -> torch.Tensor:
@@ -274,8 +297,9 @@ class PackingCollator:
 
     Returns ``input_ids``, ``labels``, ``position_ids`` (from 0 in each row), ``segment_ids`` (the
     row of each token) and ``attention_mask`` (1 on the rows' tokens, so the Trainer counts real
-    tokens), each ``(1, N)`` with ``N`` the rows' total length. :func:`ptuning.injection.attach_prefix`'s
-    hook confines attention to each row from ``segment_ids``; the model pops nothing else.
+    tokens) and, when the rows have them, ``copies``, each ``(1, N)`` with ``N`` the rows' total length.
+    :func:`ptuning.injection.attach_prefix`'s hook confines attention to each row from ``segment_ids``;
+    the model pops nothing else (the trainer takes ``copies``).
 
     With ``pad_to_multiple_of``, a filler row of ``pad_token_id`` (attention mask 0, no labels, a
     segment of its own) ends the sequence at the next multiple. Sequence lengths then repeat from
@@ -309,6 +333,9 @@ class PackingCollator:
             labels = [[IGNORE_INDEX, *row["labels"][1:]] if row["labels"] else [] for row in rows]
             labels.append([IGNORE_INDEX] * fill)
             batch["labels"] = torch.tensor([[label for row in labels for label in row]], dtype=torch.long)
+        if "copies" in rows[0]:
+            copies = [mark for row in rows for mark in row["copies"]] + [0] * fill
+            batch["copies"] = torch.tensor([copies], dtype=torch.long)
         return batch
 
 

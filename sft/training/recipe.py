@@ -146,8 +146,10 @@ def generation_eval(args: TrainArguments, tokenizer, eval_dataset) -> Generation
     return GenerationEval(tokenizer, examples, args.data.max_source_length, settings)
 
 
-def load_datasets(data_args: DataArguments, tokenizer) -> tuple[EncodedDataset, EncodedDataset | None]:
-    train_dataset = build_dataset(data_args.train_file, tokenizer, data_args, split="train")
+def load_datasets(data_args: DataArguments, tokenizer, copies: bool = False) -> tuple[EncodedDataset,
+                                                                                      EncodedDataset | None]:
+    """The training rows (with their ``copies`` marks when ``copies``) and the validation rows, if any."""
+    train_dataset = build_dataset(data_args.train_file, tokenizer, data_args, split="train", copies=copies)
     if not data_args.validation_file:
         return train_dataset, None
     return train_dataset, build_dataset(data_args.validation_file, tokenizer, data_args, split="eval")
@@ -219,7 +221,7 @@ def run(args: TrainArguments, callbacks: Sequence[TrainerCallback] = ()) -> tupl
     mask, template = resolve_settings(args.model, args.data, base)
     args.data.template = template
     tokenizer = load_tokenizer(base)
-    train_dataset, eval_dataset = load_datasets(args.data, tokenizer)
+    train_dataset, eval_dataset = load_datasets(args.data, tokenizer, copies=args.training.copy_loss_weight != 1)
     dtype = weights_dtype(args.model, method, args.training)
     model = load_base_model(base, dtype, args.model.attn_implementation)
     base_fp = fingerprint(model)

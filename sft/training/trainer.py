@@ -66,6 +66,13 @@ class SFTTrainingArguments(TrainingArguments):
                           "faster; false pads every batch to its longest row. Evaluation always pads (and "
                           "--pad_to_multiple_of applies to padded batches only)."},
     )
+    copy_loss_weight: float = field(
+        default=1.0,
+        metadata={"help": "Weight in the training loss of the answer tokens that repeat a token of the row's "
+                          "prompt text (the values of an ADGEN key#value prompt), the other answer tokens weighing 1: "
+                          "above 1 it pays the model more to name what its prompt asks for. 1 is the plain causal "
+                          "LM loss; the evaluation loss is always plain."},
+    )
     include_num_input_tokens_seen: str = field(
         default="non_padding",
         metadata={"help": "Count the tokens trained on, for the report's tokens/s: non_padding (prompt and answer), "
@@ -75,6 +82,11 @@ class SFTTrainingArguments(TrainingArguments):
     def __post_init__(self) -> None:
         if self.learning_rate <= 0:
             raise ValueError(f"--learning_rate: expected a positive number, found {self.learning_rate}")
+        if not self.copy_loss_weight > 0:
+            raise ValueError(f"--copy_loss_weight: expected a positive number, found {self.copy_loss_weight}")
+        if self.copy_loss_weight != 1 and self.label_smoothing_factor:
+            raise ValueError("--copy_loss_weight and --label_smoothing_factor: expected at most one of them, found "
+                             f"{self.copy_loss_weight} and {self.label_smoothing_factor}")
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available():
             # torchrun's processes on a machine without GPUs: transformers (5.24) joins them as DDP over gloo only
             # with use_cpu; without it each process would train alone on its share of the batch.
@@ -174,13 +186,19 @@ class SFTTrainer(MaskedLossTrainer):
         return super().training_step(model, inputs, num_items_in_batch)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        forward = inputs
+        copies = inputs.get("copies")
+        forward = {key: value for key, value in inputs.items() if key != "copies"}
         if not return_outputs and "labels" in inputs and self.label_smoother is None and self.compute_loss_func is None:
             # training: nobody reads the logits, only the loss
-            forward = supervised_logits_only(inputs, getattr(self.train_data_collator, "pad_to_multiple_of", None))
-        result = super().compute_loss(model, forward, return_outputs=return_outputs,
-                                      num_items_in_batch=num_items_in_batch)
-        loss = result[0] if return_outputs else result
+            forward = supervised_logits_only(forward, getattr(self.train_data_collator, "pad_to_multiple_of", None))
+            if copies is not None and self.args.copy_loss_weight != 1:
+                result = loss = self._copy_weighted_loss(model, forward, copies, num_items_in_batch)
+            else:
+                result = loss = super().compute_loss(model, forward, num_items_in_batch=num_items_in_batch)
+        else:
+            result = super().compute_loss(model, forward, return_outputs=return_outputs,
+                                          num_items_in_batch=num_items_in_batch)
+            loss = result[0] if return_outputs else result
         losses = loss.detach().float().reshape(-1)
         if self.args.world_size > 1:
             # Every process stops together: one stopping alone would leave the others waiting in an all-reduce.
@@ -188,6 +206,26 @@ class SFTTrainer(MaskedLossTrainer):
         if not torch.isfinite(losses).all():
             self._stop_on_nonfinite(losses, inputs)
         return result
+
+    def _copy_weighted_loss(self, model, forward: dict, copies: torch.Tensor, num_items_in_batch) -> torch.Tensor:
+        """The Trainer's loss with each token's term weighted: ``--copy_loss_weight`` where ``copies`` marks
+        the label, 1 elsewhere.
+
+        The Trainer's loss is the plain sum of the kept tokens' cross-entropies times a factor of its own
+        (1 / the global batch's label tokens, times the processes when it averages tokens across them);
+        the weighted sum is scaled by the same factor, read off as the plain loss over the plain sum.
+        """
+        loss, outputs = super().compute_loss(model, forward, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        labels = forward["shift_labels"]  # (B, K): what each kept logit predicts
+        keep = forward["logits_to_keep"]
+        marks = copies[:, 1:].index_select(1, keep)  # (B, K)
+        logits = outputs.logits.float()  # (B, K, V)
+        losses = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none",
+                                                   ignore_index=IGNORE_INDEX).view_as(labels)
+        weights = torch.where(marks.bool(), self.args.copy_loss_weight, 1.0)
+        plain = losses.sum()
+        factor = (loss / plain.clamp_min(torch.finfo(plain.dtype).tiny)).detach()  # 0 when nothing is scored
+        return factor * (losses * weights).sum()
 
     def _stop_on_nonfinite(self, losses: torch.Tensor, inputs: dict) -> None:
         out = Path(self.args.output_dir)

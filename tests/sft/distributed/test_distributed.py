@@ -135,6 +135,17 @@ def test_two_processes_of_four_rows_train_as_one_process_of_eight(pairs, method)
     assert seen[0] == seen[1]
 
 
+def test_copy_weighted_training_in_two_processes_is_that_of_one(tiny_model_dir, tmp_path):
+    """--copy_loss_weight scales the weighted sum as the Trainer scales the plain one, over the global batch."""
+    extra = ("--copy_loss_weight", "4", "--eval_base_loss", "false")
+    one_process(tiny_model_dir, tmp_path / "one", "ptuning", *extra)
+    train_sh(tiny_model_dir, tmp_path / "two", "ptuning", *extra)
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    assert max(abs(a[s] - b[s]) for s in a) < TOL, (a, b)
+    assert max_difference(weights(tmp_path / "one", "ptuning"), weights(tmp_path / "two", "ptuning")) < TOL
+
+
 def test_checkpoints_and_reports_are_written_once(pairs):
     _, two, log = pairs("ptuning")
     assert "world size 2, per-device batch 4, gradient accumulation 1: global batch 8 rows" in log
