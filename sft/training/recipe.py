@@ -166,7 +166,9 @@ def train_and_report(trainer: SFTTrainer, training_args: SFTTrainingArguments, r
         results.update(trainer.evaluate())
     trainer.log(results)
     if trainer.is_world_process_zero():
-        write_training_report(trainer.state.log_history, training_args.output_dir)
+        weight = training_args.copy_loss_weight
+        label = "train loss" if weight == 1 else f"train loss, copies weigh {weight:g}"
+        write_training_report(trainer.state.log_history, training_args.output_dir, label)
         logger.info("saved checkpoint, train_metrics.json and loss_curve.png to %s", training_args.output_dir)
     return results
 

@@ -35,8 +35,9 @@ def batch_layout(training_args) -> dict[str, int]:
     return layout
 
 
-def write_training_report(log_history: list[dict], output_dir: str | Path) -> None:
-    """``train_metrics.json`` (every logged value) and ``loss_curve.png`` into ``output_dir``."""
+def write_training_report(log_history: list[dict], output_dir: str | Path, train_label: str = "train loss") -> None:
+    """``train_metrics.json`` (every logged value) and ``loss_curve.png`` into ``output_dir``; ``train_label``
+    names the training loss's curve (a weighted loss is not the dev loss's kind)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -47,7 +48,7 @@ def write_training_report(log_history: list[dict], output_dir: str | Path) -> No
     train = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
     dev = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
     fig, ax = plt.subplots(figsize=(6, 4))
-    for points, label in ((train, "train loss"), (dev, "dev loss")):
+    for points, label in ((train, train_label), (dev, "dev loss")):
         if points:
             ax.plot(*zip(*points), marker="." if label == "dev loss" else None, label=label)
     ax.set_xlabel("step")
