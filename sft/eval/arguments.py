@@ -83,6 +83,17 @@ class GenerationArguments:
     seed: int = field(default=42, metadata={"help": "Seed of the sampler, set before every batch so runs repeat."})
     batch_size: int = field(default=16, metadata={"help": "Prompts generated together (left-padded)."})
     num_beams: int = field(default=1, metadata={"help": "Beam search width (1: no beam search)."})
+    repetition_penalty: float = field(
+        default=1.0,
+        metadata={"help": "Make the tokens the answer has already used less likely (CTRL's penalty: their positive "
+                          "scores divided by this, negative ones multiplied; 1: off). The prompt's tokens are not "
+                          "penalised: an answer should name them."},
+    )
+    no_repeat_ngram_size: int = field(
+        default=0,
+        metadata={"help": "Never write the same run of this many tokens twice in one answer (0: off). "
+                          "Runs from the prompt may still be copied once."},
+    )
 
     def __post_init__(self) -> None:
         problems = [
@@ -97,6 +108,10 @@ class GenerationArguments:
             problems.append(f"--top_p: expected a value in (0, 1], found {self.top_p}")
         if self.temperature <= 0.0:
             problems.append(f"--temperature: expected a positive value, found {self.temperature}")
+        if self.repetition_penalty <= 0.0:
+            problems.append(f"--repetition_penalty: expected a positive value, found {self.repetition_penalty}")
+        if self.no_repeat_ngram_size < 0:
+            problems.append(f"--no_repeat_ngram_size: expected 0 or more, found {self.no_repeat_ngram_size}")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -104,8 +119,9 @@ class GenerationArguments:
         """What decides the generated text (batch size does not; sampling knobs only when sampling)."""
         settings = asdict(self)
         settings.pop("batch_size")
-        if not self.min_new_tokens:  # as before the flag existed: earlier outputs still match
-            settings.pop("min_new_tokens")
+        for name, off in (("min_new_tokens", 0), ("repetition_penalty", 1.0), ("no_repeat_ngram_size", 0)):
+            if getattr(self, name) == off:  # as before the flag existed: earlier outputs still match
+                settings.pop(name)
         if not self.do_sample:
             for name in ("top_p", "temperature", "seed"):
                 settings.pop(name)

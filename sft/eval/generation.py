@@ -3,7 +3,8 @@
 What a generation run needs, and nothing more (the settings are
 :class:`sft.eval.arguments.GenerationArguments`: greedy by default, sampling on request, bounded
 by ``max_new_tokens``, never a ``max_length`` that counts the prompt, and with ``min_new_tokens`` no
-eos earlier):
+eos earlier; ``repetition_penalty`` and ``no_repeat_ngram_size`` look at the answer only, as the
+prompt's values are what an answer should repeat):
 
 * :func:`generate_token_ids` / :func:`generate_answers`: one batch.
   Prompts are padded on the left so every row's next token sits in the last column; generation
@@ -27,6 +28,12 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.generation.logits_process import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    NoRepeatNGramLogitsProcessor,
+    RepetitionPenaltyLogitsProcessor,
+)
 from transformers.generation.streamers import BaseStreamer
 
 from sft.data import DataCollator
@@ -111,6 +118,30 @@ def _cut_at_eos(ids: list[int], eos: set[int]) -> list[int]:
     return ids
 
 
+class _AnswerOnly(LogitsProcessor):
+    """A logits processor shown the tokens generated so far, not the prompt's ``prompt_width`` columns."""
+
+    def __init__(self, processor: LogitsProcessor, prompt_width: int):
+        self.processor, self.prompt_width = processor, prompt_width
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        return self.processor(input_ids[:, self.prompt_width:], scores)
+
+
+def _answer_processors(args: GenerationArguments, prompt_width: int) -> dict:
+    """``generate()`` options for the penalties on repeats within the answer (transformers' own processors;
+    its built-in ones would count the prompt too), with its built-in ones off so a model's generation
+    config cannot add a second penalty."""
+    processors = LogitsProcessorList()
+    if args.repetition_penalty != 1.0:
+        processors.append(RepetitionPenaltyLogitsProcessor(args.repetition_penalty, prompt_ignore_length=prompt_width))
+    if args.no_repeat_ngram_size:
+        processors.append(_AnswerOnly(NoRepeatNGramLogitsProcessor(args.no_repeat_ngram_size), prompt_width))
+    if not processors:
+        return {}
+    return {"logits_processor": processors, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0}
+
+
 def generate_token_ids(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -127,6 +158,7 @@ def generate_token_ids(
     options = {"top_p": args.top_p, "temperature": args.temperature} if args.do_sample else {}
     if args.min_new_tokens:
         options["min_new_tokens"] = args.min_new_tokens
+    options.update(_answer_processors(args, inputs["input_ids"].shape[1]))
     # Seeded in a forked RNG: runs repeat, and a caller's random stream (training's) is left as it was.
     cuda_devices = [model.device] if model.device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda_devices):

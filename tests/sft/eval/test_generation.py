@@ -161,3 +161,88 @@ def test_generation_arguments_name_the_bad_flag():
 def test_settings_name_min_new_tokens_only_when_set():
     assert "min_new_tokens" not in GenerationArguments().settings()  # outputs of earlier runs still match
     assert GenerationArguments(min_new_tokens=5).settings()["min_new_tokens"] == 5
+
+
+def greedy_reference(model, ids: list[int], new_tokens: int, banned) -> list[int]:
+    """Greedy decoding by hand, one full forward per token (no cache): ``banned(answer, scores)`` edits
+    the next token's scores given the answer so far."""
+    answer: list[int] = []
+    with torch.no_grad():
+        for _ in range(new_tokens):
+            sequence = torch.tensor([ids + answer])
+            scores = model(input_ids=sequence, attention_mask=torch.ones_like(sequence)).logits[0, -1].float()
+            answer.append(int(banned(answer, scores).argmax()))
+    return answer
+
+
+def penalised(penalty: float):
+    """CTRL's repetition penalty over the answer's tokens only, written out."""
+    def edit(answer, scores):
+        scores = scores.clone()
+        for token in set(answer):
+            scores[token] = scores[token] / penalty if scores[token] > 0 else scores[token] * penalty
+        return scores
+    return edit
+
+
+def no_repeat(n: int):
+    """Ban each token that would complete an n-gram the answer already holds, written out."""
+    def edit(answer, scores):
+        scores = scores.clone()
+        if len(answer) >= n - 1:
+            tail = answer[len(answer) - n + 1:]
+            for start in range(len(answer) - n + 1):
+                if answer[start:start + n - 1] == tail:
+                    scores[answer[start + n - 1]] = -float("inf")
+        return scores
+    return edit
+
+
+def repeats(ids: list[int], n: int) -> bool:
+    grams = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
+    return len(grams) != len(set(grams))
+
+
+@pytest.mark.parametrize("flag, edit", [("repetition_penalty", penalised(3.0)), ("no_repeat_ngram_size", no_repeat(2))])
+def test_repeat_penalties_equal_a_hand_written_greedy_loop(flag, edit, prompt_ids, tiny_model_dir):
+    """Batched, left-padded, with the KV cache: the tokens of the penalty applied by hand to each row alone
+    (causal, so that one forward over prompt and answer is what generation computes)."""
+    model, tokenizer, _ = load_for_inference(str(tiny_model_dir), expect={"mask": "causal"})
+    new_tokens = 48
+    rows = list({len(ids): ids for ids in prompt_ids}.values())[:3]
+    value = {"repetition_penalty": 3.0, "no_repeat_ngram_size": 2}[flag]
+    free = generate_token_ids(model, tokenizer, rows, GenerationArguments(max_new_tokens=new_tokens))
+    held = generate_token_ids(model, tokenizer, rows, GenerationArguments(max_new_tokens=new_tokens, **{flag: value}))
+    assert held == [greedy_reference(model, ids, new_tokens, edit) for ids in rows]
+    assert held != free, "the random model repeats itself, so the penalty must change its text"
+    if flag == "no_repeat_ngram_size":
+        assert any(repeats(ids, 2) for ids in free) and not any(repeats(ids, 2) for ids in held)
+
+
+@pytest.mark.parametrize("flag, value", [("no_repeat_ngram_size", 2), ("repetition_penalty", 1e6)])
+def test_repeat_penalties_let_the_answer_copy_the_prompt(flag, value, prompt_ids, tiny_model_dir):
+    """A free answer that repeats a bigram, cut just before its second token's second use and appended to the
+    prompt: the answer goes on with that token, which transformers' own flags (counting the prompt) ban."""
+    model, tokenizer, _ = load_for_inference(str(tiny_model_dir), expect={"mask": "causal"})
+    free = generate_token_ids(model, tokenizer, prompt_ids, GenerationArguments(max_new_tokens=48))
+    looping = [(row, ids) for row, ids in enumerate(free) if repeats(ids, 2)]
+    assert looping, "the test needs a free answer of the random model that repeats a bigram"
+    row, answer = looping[0]
+    grams = [tuple(answer[i:i + 2]) for i in range(len(answer) - 1)]
+    second = next(j for j in range(len(grams)) if grams[j] in grams[:j])  # answer[second:second + 2] seen before
+    prompt = prompt_ids[row] + answer[:second + 1]
+    ours = generate_token_ids(model, tokenizer, [prompt], GenerationArguments(max_new_tokens=2, **{flag: value}))
+    assert ours[0][0] == answer[second + 1]
+    builtin = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                             max_new_tokens=1, do_sample=False, pad_token_id=tokenizer.pad_token_id, **{flag: value})
+    assert int(builtin[0, -1]) != answer[second + 1]
+
+
+def test_settings_name_repeat_penalties_only_when_set():
+    assert {"repetition_penalty", "no_repeat_ngram_size"}.isdisjoint(GenerationArguments().settings())
+    settings = GenerationArguments(repetition_penalty=1.2, no_repeat_ngram_size=4).settings()
+    assert (settings["repetition_penalty"], settings["no_repeat_ngram_size"]) == (1.2, 4)
+    with pytest.raises(ValueError, match="--repetition_penalty: expected a positive value, found 0.0"):
+        GenerationArguments(repetition_penalty=0.0)
+    with pytest.raises(ValueError, match="--no_repeat_ngram_size: expected 0 or more, found -1"):
+        GenerationArguments(no_repeat_ngram_size=-1)
