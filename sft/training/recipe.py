@@ -30,6 +30,7 @@ from sft.methods import METHODS, Method, get_method
 from sft.models import (base_defaults, cpu_computes_bf16, fingerprint, load_base_model, load_tokenizer, resolve_dtype,
                         resolve_model_path)
 from sft.training.arguments import MethodArguments, ModelArguments
+from sft.training.heap import keep_freed_memory
 from sft.training.report import batch_layout, count_parameters, write_training_report
 from sft.training.trainer import GenerationEval, MaskedLossTrainer, SaveAtEndCallback, SFTTrainer, SFTTrainingArguments
 
@@ -218,6 +219,8 @@ def run(args: TrainArguments, callbacks: Sequence[TrainerCallback] = ()) -> tupl
     ``callbacks`` are further Trainer callbacks (``bench/train_throughput.py`` times the steps with one).
     """
     set_seed(args.training.seed)
+    if args.training.keep_freed_memory and args.training.device.type == "cpu" and keep_freed_memory():
+        logger.info("memory: freed buffers stay in the process for the next step (--keep_freed_memory false: off)")
     method = args.chosen
     base = resolve_model_path(args.model.model_name_or_path)
     mask, template = resolve_settings(args.model, args.data, base)

@@ -73,6 +73,13 @@ class SFTTrainingArguments(TrainingArguments):
                           "above 1 it pays the model more to name what its prompt asks for. 1 is the plain causal "
                           "LM loss; the evaluation loss is always plain."},
     )
+    keep_freed_memory: bool = field(
+        default=True,
+        metadata={"help": "On CPU (Linux, glibc): keep the memory a step frees (activations, gradients) in the "
+                          "process for the next step, instead of returning it to the system and faulting it in "
+                          "again (mallopt: blocks up to 32 MB from the heap, no trimming). Faster steps; the process "
+                          "holds its peak memory to the end. false: malloc's own behaviour."},
+    )
     include_num_input_tokens_seen: str = field(
         default="non_padding",
         metadata={"help": "Count the tokens trained on, for the report's tokens/s: non_padding (prompt and answer), "
