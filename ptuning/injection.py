@@ -126,7 +126,8 @@ class RowPrefixes:
 class LayerInputs:
     """What one forward hands each layer's attention, through transformers' attention kwargs."""
 
-    prefix: tuple[torch.Tensor, torch.Tensor] | None  # PrefixEncoder's (keys, values), RowPrefixes' per-row ones, or None
+    # (keys, values), each indexed by layer: PrefixEncoder's, one tensor per layer; RowPrefixes' per-row ones; or None
+    prefix: tuple | None
     key_length: int  # cached + new tokens: what every layer's keys must span
     mask: torch.Tensor | None = None  # (B or 1, 1, T, P + K) over prefix and keys; None: SDPA's is_causal
     rows: list[tuple[int, int, torch.Tensor | None]] | None = None  # packed: (start, end, the row's mask)
@@ -181,7 +182,7 @@ def _prefixed_attention(module, query, key, value, attention_mask, *, backend: s
         if attention_mask is None:
             raise InjectionError(_unsupported(model_class, f"layer {module.layer_idx}'s attention received no mask"))
         key, value = _prepend_prefix(module, inputs.prefix, key, value)
-        attention_mask = _widen(attention_mask, inputs.prefix[0].shape[2])
+        attention_mask = _widen(attention_mask, inputs.prefix[0][0].shape[-2])
     return attend(module, query, key, value, attention_mask, **kwargs)
 
 
@@ -193,11 +194,12 @@ def _attend_row_by_row(module, attend, inputs: LayerInputs, query, key, value, k
     slicing each row would make a zero-filled gradient of the whole sequence per row).
     """
     lengths = [end - start for start, end, _ in inputs.rows]
+    layer_prefix = _layer_prefix(module, inputs.prefix, key, value) if inputs.prefix is not None else None
     rows = zip(query.split(lengths, dim=2), key.split(lengths, dim=2), value.split(lengths, dim=2), inputs.rows)
     outputs = []
     for row_query, row_key, row_value, (_, _, mask) in rows:  # (1, heads or kv_heads, t, head_dim)
-        if inputs.prefix is not None:
-            row_key, row_value = _prepend_prefix(module, inputs.prefix, row_key, row_value)
+        if layer_prefix is not None:
+            row_key, row_value = _put_before(layer_prefix, row_key, row_value)
         output, _ = _attention(module, attend, row_query, row_key, row_value, mask, kwargs)
         outputs.append(output)  # (1, t, heads, value_head_dim)
     return torch.cat(outputs, dim=1), None
@@ -256,9 +258,15 @@ def _widen(mask: torch.Tensor, num_virtual: int) -> torch.Tensor:
 
 def _prepend_prefix(module, prefix, key, value):
     """``key``/``value`` with this layer's ``P`` prefix rows first (one prefix for all rows, or one per row)."""
+    return _put_before(_layer_prefix(module, prefix, key, value), key, value)
+
+
+def _layer_prefix(module, prefix, key, value) -> tuple[torch.Tensor, torch.Tensor]:
+    """This layer's prefix keys and values in ``key``'s dtype: ``(kv_heads, P, head_dim)`` (one prefix for all
+    rows) or ``(B, kv_heads, P, head_dim)`` (one per row), checked against the layer's keys and values."""
     layer = module.layer_idx
-    prefix_key = prefix[0][layer]  # (kv_heads, P, head_dim), or (B, kv_heads, P, head_dim) per row
-    prefix_value = prefix[1][layer]  # (kv_heads, P, value_head_dim), or (B, ...)
+    prefix_key = prefix[0][layer]
+    prefix_value = prefix[1][layer]  # (..., value_head_dim)
     found = (key.shape[1], key.shape[-1], value.shape[-1])
     expected = (prefix_key.shape[-3], prefix_key.shape[-1], prefix_value.shape[-1])
     if found != expected:
@@ -268,9 +276,14 @@ def _prepend_prefix(module, prefix, key, value):
             f"{found[2]}, where the prefix layout read from the config has {expected[0]}, {expected[1]} and "
             f"{expected[2]}",
         ))
+    return prefix_key.to(key.dtype), prefix_value.to(value.dtype)
+
+
+def _put_before(layer_prefix: tuple[torch.Tensor, torch.Tensor], key, value):
+    """``(B, kv_heads, K, head_dim)`` keys and values -> ``(B, kv_heads, P + K, head_dim)``, the prefix first."""
     batch = key.shape[0]
-    key = torch.cat([prefix_key.to(key.dtype).expand(batch, -1, -1, -1), key], dim=2)  # (B, kv_heads, P + K, head_dim)
-    value = torch.cat([prefix_value.to(value.dtype).expand(batch, -1, -1, -1), value], dim=2)
+    key = torch.cat([layer_prefix[0].expand(batch, -1, -1, -1), key], dim=2)
+    value = torch.cat([layer_prefix[1].expand(batch, -1, -1, -1), value], dim=2)
     return key, value
 
 
@@ -439,7 +452,9 @@ def _prepare_kwargs(hook: PrefixHook, kwargs: dict) -> dict:
             f"P-tuning expects a 2-D padding mask (use the default dynamic cache), found shape {tuple(padding.shape)}"
         )
     rows = kwargs.pop(ROWS_KWARG, None)
-    prefix = hook.encoder() if hook.encoder is not None else None
+    # Each layer's keys and values apart, once per forward: a layer indexing the stacked tensor would make
+    # its backward a zero-filled gradient of every layer's (a sum of those per row and layer, packed).
+    prefix = tuple(part.unbind(0) for part in hook.encoder()) if hook.encoder is not None else None
     inputs = LayerInputs(prefix=prefix, key_length=past + length, dense=hook.dense, captured=hook.capture)
     if rows is not None:
         _plan_rows(hook, kwargs, inputs, rows, padding, length, past, packed=segment_ids is not None)
@@ -556,7 +571,7 @@ def _plan_packed(hook: PrefixHook, kwargs: dict, inputs: LayerInputs, segment_id
                                         bidirectional_length=bidirectional, dtype=hook.model.dtype)
         inputs.dense = False  # the mask is built over all N tokens: the wrapper uses it as it is
         if inputs.prefix is not None:
-            inputs.mask = _widen(inputs.mask, inputs.prefix[0].shape[2])
+            inputs.mask = _widen(inputs.mask, inputs.prefix[0][0].shape[-2])
     else:
         inputs.rows = list(zip(starts, ends, _row_masks(hook, lengths, prompts, padding.device)))
     kwargs["attention_mask"] = _placeholder_mask(1, len(segments), len(segments), padding.device)
