@@ -191,15 +191,20 @@ def _attend_row_by_row(module, attend, inputs: LayerInputs, query, key, value, k
 
     ``query`` ``(1, heads, N, head_dim)`` -> output ``(1, N, heads, value_head_dim)``, as the backend returns it.
     The rows tile the sequence, so one ``split`` per tensor cuts them (its backward is one ``cat``, where
-    slicing each row would make a zero-filled gradient of the whole sequence per row).
+    slicing each row would make a zero-filled gradient of the whole sequence per row). With a prefix, one
+    ``cat`` per layer puts it before every row: keys ``(1, kv_heads, rows * P + N, head_dim)``.
     """
     lengths = [end - start for start, end, _ in inputs.rows]
-    layer_prefix = _layer_prefix(module, inputs.prefix, key, value) if inputs.prefix is not None else None
-    rows = zip(query.split(lengths, dim=2), key.split(lengths, dim=2), value.split(lengths, dim=2), inputs.rows)
+    key_lengths = lengths
+    if inputs.prefix is not None:
+        prefix_key, prefix_value = (part[None] for part in _layer_prefix(module, inputs.prefix, key, value))
+        key = torch.cat([piece for row in key.split(lengths, dim=2) for piece in (prefix_key, row)], dim=2)
+        value = torch.cat([piece for row in value.split(lengths, dim=2) for piece in (prefix_value, row)], dim=2)
+        key_lengths = [prefix_key.shape[2] + length for length in lengths]
+    rows = zip(query.split(lengths, dim=2), key.split(key_lengths, dim=2), value.split(key_lengths, dim=2),
+               inputs.rows)
     outputs = []
-    for row_query, row_key, row_value, (_, _, mask) in rows:  # (1, heads or kv_heads, t, head_dim)
-        if layer_prefix is not None:
-            row_key, row_value = _put_before(layer_prefix, row_key, row_value)
+    for row_query, row_key, row_value, (_, _, mask) in rows:  # (1, heads or kv_heads, t or P + t, head_dim)
         output, _ = _attention(module, attend, row_query, row_key, row_value, mask, kwargs)
         outputs.append(output)  # (1, t, heads, value_head_dim)
     return torch.cat(outputs, dim=1), None
@@ -258,7 +263,11 @@ def _widen(mask: torch.Tensor, num_virtual: int) -> torch.Tensor:
 
 def _prepend_prefix(module, prefix, key, value):
     """``key``/``value`` with this layer's ``P`` prefix rows first (one prefix for all rows, or one per row)."""
-    return _put_before(_layer_prefix(module, prefix, key, value), key, value)
+    prefix_key, prefix_value = _layer_prefix(module, prefix, key, value)
+    batch = key.shape[0]
+    key = torch.cat([prefix_key.expand(batch, -1, -1, -1), key], dim=2)  # (B, kv_heads, P + K, head_dim)
+    value = torch.cat([prefix_value.expand(batch, -1, -1, -1), value], dim=2)
+    return key, value
 
 
 def _layer_prefix(module, prefix, key, value) -> tuple[torch.Tensor, torch.Tensor]:
@@ -277,14 +286,6 @@ def _layer_prefix(module, prefix, key, value) -> tuple[torch.Tensor, torch.Tenso
             f"{expected[2]}",
         ))
     return prefix_key.to(key.dtype), prefix_value.to(value.dtype)
-
-
-def _put_before(layer_prefix: tuple[torch.Tensor, torch.Tensor], key, value):
-    """``(B, kv_heads, K, head_dim)`` keys and values -> ``(B, kv_heads, P + K, head_dim)``, the prefix first."""
-    batch = key.shape[0]
-    key = torch.cat([layer_prefix[0].expand(batch, -1, -1, -1), key], dim=2)
-    value = torch.cat([layer_prefix[1].expand(batch, -1, -1, -1), value], dim=2)
-    return key, value
 
 
 def _select_sparse_keys(module, attention_mask, kwargs: dict, backend: str):
